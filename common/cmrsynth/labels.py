@@ -1,0 +1,78 @@
+# Copyright (c) cmr-synth contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""The one label schema of cmr-synth (ACDC convention) and converters from other datasets.
+
+Inside the product every mask uses: 0 background, 1 RV cavity, 2 myocardium, 3 LV cavity.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+import numpy as np
+
+#: Canonical label names, by value (ACDC convention).
+LABELS: dict[int, str] = {0: "background", 1: "rv", 2: "myo", 3: "lv"}
+#: Structure names to values, for the foreground only.
+STRUCTURES: dict[str, int] = {"rv": 1, "myo": 2, "lv": 3}
+NUM_CLASSES = len(LABELS)
+#: `channel_def` as written into every bundle's metadata.json.
+CHANNEL_DEF: dict[str, str] = {"0": "background", "1": "RV cavity", "2": "myocardium", "3": "LV cavity"}
+
+
+class LabelConvention(str, Enum):
+    """Label conventions of the supported datasets (a plain string works in configs)."""
+
+    ACDC = "acdc"  # 1 RV, 2 MYO, 3 LV: the canonical one
+    MNMS = "mnms"  # M&Ms 2020 and M&Ms-2: 1 LV, 2 MYO, 3 RV
+
+
+#: Lookup tables from each convention to the canonical one (index = source value).
+_TO_CANONICAL: dict[LabelConvention, np.ndarray] = {
+    LabelConvention.ACDC: np.array([0, 1, 2, 3], dtype=np.uint8),
+    LabelConvention.MNMS: np.array([0, 3, 2, 1], dtype=np.uint8),
+}
+
+
+def unknown_label_values(label: np.ndarray) -> list[int]:
+    """Return the sorted values in ``label`` that are not in 0..3 (non-integers are reported rounded)."""
+    values = np.unique(label)
+    bad = [v for v in values if not (float(v).is_integer() and 0 <= v < NUM_CLASSES)]
+    return sorted(int(round(float(v))) if np.isfinite(v) else v for v in bad)
+
+
+def to_canonical(label: np.ndarray, convention: str | LabelConvention) -> np.ndarray:
+    """Convert a mask from a dataset's convention to the canonical ACDC one.
+
+    Args:
+        label: integer mask of any shape with values in 0..3.
+        convention: the source convention, ``"acdc"`` or ``"mnms"``.
+
+    Returns:
+        uint8 mask of the same shape in the canonical convention.
+
+    Raises:
+        ValueError: unknown convention, or values outside 0..3.
+    """
+    try:
+        convention = LabelConvention(convention)
+    except ValueError:
+        allowed = [c.value for c in LabelConvention]
+        raise ValueError(f"unknown label convention {convention!r}; allowed: {allowed}") from None
+    bad = unknown_label_values(label)
+    if bad:
+        raise ValueError(f"label values {bad} are outside 0..3")
+    return _TO_CANONICAL[convention][np.asarray(label).astype(np.int64)]
+
+
+def one_hot(label: np.ndarray) -> np.ndarray:
+    """One-hot encode a canonical mask: (...) -> (4, ...) float32."""
+    return (np.arange(NUM_CLASSES).reshape((-1,) + (1,) * label.ndim) == label[None]).astype(np.float32)

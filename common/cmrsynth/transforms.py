@@ -1,0 +1,196 @@
+# Copyright (c) cmr-synth contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""MONAI dictionary transforms shared by every bundle: loading checked cardiac frames and preprocessing them.
+
+Preprocessing follows the review arXiv 2603.24764, section II: in-plane resampling to a fixed spacing, an ROI
+crop centred on the heart, percentile clipping and scaling to [-1, 1]. Volumes are (X, Y, S) arrays here
+(S short-axis slices); the product's 2D slices are cut from them afterwards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.config import KeysCollection
+from monai.transforms import MapTransform
+
+from cmrsynth.data.nifti import check_label, load_volume
+from cmrsynth.errors import CMRDataError
+from cmrsynth.labels import NUM_CLASSES, to_canonical
+
+
+class LoadCardiacFramed(MapTransform):
+    """Load a frame's image and (optional) label as checked (X, Y, S) arrays in the canonical label convention.
+
+    Reads ``d["image"]``, ``d["label"]`` (paths; label may be None), ``d.get("time_index")`` and
+    ``d.get("label_convention", "acdc")``; writes the arrays back and ``d["spacing"]`` (mm).
+    """
+
+    def __init__(self, image_key: str = "image", label_key: str = "label"):
+        super().__init__([image_key, label_key], allow_missing_keys=True)
+        self.image_key, self.label_key = image_key, label_key
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        image_path, label_path = d[self.image_key], d.get(self.label_key)
+        image, spacing = load_volume(image_path, d.get("time_index"))
+        d["spacing"] = spacing
+        d["source_image"] = str(image_path)
+        d[self.image_key] = image
+        if label_path is not None:
+            label, _ = load_volume(label_path, d.get("time_index"))
+            check_label(label, label_path, image.shape)
+            d[self.label_key] = to_canonical(label, d.get("label_convention", "acdc"))
+        return d
+
+
+def resample_in_plane(volume: np.ndarray, spacing: tuple[float, float], target: float, is_label: bool) -> np.ndarray:
+    """Resample an (X, Y, S) volume in plane to ``target`` mm, slice axis unchanged.
+
+    Images use antialiased bilinear interpolation; labels are resampled as one-hot channels the same way and
+    argmax-ed, which keeps structure areas better than nearest-neighbour.
+
+    Returns:
+        (X', Y', S) array, X' = round(X * spacing[0] / target).
+    """
+    scale = (spacing[0] / target, spacing[1] / target)
+    size = (max(1, round(volume.shape[0] * scale[0])), max(1, round(volume.shape[1] * scale[1])))
+    x = torch.from_numpy(np.ascontiguousarray(np.moveaxis(volume, 2, 0)))  # (S, X, Y)
+    if is_label:
+        x = F.one_hot(x.long(), NUM_CLASSES).permute(0, 3, 1, 2).float()  # (S, C, X, Y)
+    else:
+        x = x[:, None].float()
+    antialias = min(scale) < 1
+    y = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=antialias)
+    y = y.argmax(1).to(torch.uint8) if is_label else y[:, 0]
+    return np.moveaxis(y.numpy(), 0, 2)
+
+
+class ResampleInPlaned(MapTransform):
+    """Resample image and label in plane to a fixed spacing (mm); updates ``d["spacing"]``."""
+
+    def __init__(self, keys: KeysCollection = ("image", "label"), spacing: float = 2.5, label_key: str = "label"):
+        super().__init__(keys, allow_missing_keys=True)
+        if spacing <= 0:
+            raise ValueError(f"spacing must be positive, got {spacing}")
+        self.spacing, self.label_key = float(spacing), label_key
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        sx, sy, sz = d["spacing"]
+        for key in self.key_iterator(d):
+            d[key] = resample_in_plane(d[key], (sx, sy), self.spacing, is_label=(key == self.label_key))
+        d["spacing"] = (self.spacing, self.spacing, sz)
+        return d
+
+
+def heart_centre(label: np.ndarray) -> tuple[float, float]:
+    """In-plane centroid (pixels) of all foreground in an (X, Y, S) mask."""
+    xs, ys, _ = np.nonzero(label > 0)
+    return float(xs.mean()), float(ys.mean())
+
+
+def crop_around(volume: np.ndarray, centre: tuple[float, float], size: int, fill: float) -> np.ndarray:
+    """Crop a size x size in-plane window centred on ``centre``, padding with ``fill`` outside the volume."""
+    out = np.full((size, size, volume.shape[2]), fill, dtype=volume.dtype)
+    x0, y0 = (int(round(c - size / 2)) for c in centre)
+    sx0, sy0 = max(x0, 0), max(y0, 0)
+    sx1, sy1 = min(x0 + size, volume.shape[0]), min(y0 + size, volume.shape[1])
+    if sx1 > sx0 and sy1 > sy0:
+        out[sx0 - x0 : sx1 - x0, sy0 - y0 : sy1 - y0] = volume[sx0:sx1, sy0:sy1]
+    return out
+
+
+class HeartCentredCropd(MapTransform):
+    """Crop a square in-plane ROI centred on the heart (foreground centroid; image centre when unlabelled).
+
+    Records ``d["roi_centre"]`` and ``d["foreground_lost"]``, the fraction of foreground voxels the crop cut off.
+    """
+
+    def __init__(self, keys: KeysCollection = ("image", "label"), size: int = 64, label_key: str = "label"):
+        super().__init__(keys, allow_missing_keys=True)
+        if size < 8:
+            raise ValueError(f"ROI size must be at least 8 pixels, got {size}")
+        self.size, self.label_key = int(size), label_key
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        label = d.get(self.label_key)
+        shape = d["image"].shape
+        centre = heart_centre(label) if label is not None else ((shape[0] - 1) / 2, (shape[1] - 1) / 2)
+        d["roi_centre"] = centre
+        for key in self.key_iterator(d):
+            fill = 0 if key == self.label_key else float(np.min(d[key]))
+            d[key] = crop_around(d[key], centre, self.size, fill)
+        if label is not None:
+            d["foreground_lost"] = 1.0 - float((d[self.label_key] > 0).sum()) / float((label > 0).sum())
+        return d
+
+
+class PercentileScaled(MapTransform):
+    """Clip intensities to the [lower, upper] percentiles of the volume and scale them linearly to [-1, 1]."""
+
+    def __init__(self, keys: KeysCollection = "image", lower: float = 0.5, upper: float = 99.5):
+        super().__init__(keys)
+        if not 0 <= lower < upper <= 100:
+            raise ValueError(f"percentiles must satisfy 0 <= lower < upper <= 100, got lower={lower}, upper={upper}")
+        self.lower, self.upper = lower, upper
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            x = d[key]
+            lo, hi = np.percentile(x, [self.lower, self.upper])
+            if hi <= lo:
+                raise CMRDataError(d.get("source_image", key), "constant image: nothing to scale")
+            d[key] = (np.clip(x, lo, hi) - lo) / (hi - lo) * 2.0 - 1.0
+        return d
+
+
+class N4BiasCorrectiond(MapTransform):
+    """N4 bias-field correction (SimpleITK), slice by slice, before any intensity scaling."""
+
+    def __init__(self, keys: KeysCollection = "image", shrink: int = 2, iterations: int = 30):
+        super().__init__(keys)
+        self.shrink, self.iterations = shrink, iterations
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        try:
+            import SimpleITK as sitk
+        except ImportError:
+            raise ImportError("N4 bias-field correction needs SimpleITK: pip install SimpleITK") from None
+        d = dict(data)
+        for key in self.key_iterator(d):
+            vol = d[key]
+            out = np.empty_like(vol)
+            for s in range(vol.shape[2]):
+                img = sitk.GetImageFromArray(vol[:, :, s] - vol[:, :, s].min() + 1.0)
+                mask = sitk.OtsuThreshold(img, 0, 1, 200)
+                small = sitk.Shrink(img, [self.shrink] * 2)
+                corrector = sitk.N4BiasFieldCorrectionImageFilter()
+                corrector.SetMaximumNumberOfIterations([self.iterations] * 3)
+                corrector.Execute(small, sitk.Shrink(mask, [self.shrink] * 2))
+                log_bias = corrector.GetLogBiasFieldAsImage(img)
+                out[:, :, s] = sitk.GetArrayFromImage(img / sitk.Exp(log_bias))
+            d[key] = out
+        return d
+
+
+def labelled_slices(label: np.ndarray, n_central: int | None = None) -> list[int]:
+    """Indices of slices with any foreground; with ``n_central``, only the N nearest the middle of that range."""
+    idx = [int(s) for s in np.nonzero((label > 0).any(axis=(0, 1)))[0]]
+    if n_central is None or len(idx) <= n_central:
+        return idx
+    mid = (idx[0] + idx[-1]) / 2
+    return sorted(sorted(idx, key=lambda s: (abs(s - mid), s))[:n_central])
