@@ -27,3 +27,14 @@ class CMRDataError(ValueError):
         self.path = Path(path)
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
+
+
+def find_data_error(exc: BaseException) -> CMRDataError | None:
+    """Return the CMRDataError behind ``exc`` (MONAI's Compose wraps transform errors in RuntimeError), or None."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, CMRDataError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None

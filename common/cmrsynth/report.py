@@ -94,6 +94,21 @@ def save_overlay_grid(
     return path
 
 
+def datalist_preview(root: str | Path, png: str | Path, n: int = 12, section: str = "training") -> Path:
+    """Draw evenly spaced slices of a prepared datalist (``root/datalist.json``) with their masks."""
+    import json
+
+    import nibabel as nib
+
+    root = Path(root)
+    entries = json.loads((root / "datalist.json").read_text())[section]
+    picked = entries[:: max(1, len(entries) // n)][:n]
+    images = [np.asanyarray(nib.load(root / e["image"]).dataobj) for e in picked]
+    masks = [np.asanyarray(nib.load(root / e["label"]).dataobj) if "label" in e else None for e in picked]
+    titles = [f"{e.get('group') or ''} {e.get('phase', '')} s{e.get('slice', '')}".strip() for e in picked]
+    return save_overlay_grid(images, masks, png, titles)
+
+
 def label_legend_cmap() -> ListedColormap:
     """Colour map for label images (0 transparent black, then RV, MYO, LV colours)."""
     return ListedColormap([(0, 0, 0)] + [LABEL_COLOURS[k] for k in (1, 2, 3)])

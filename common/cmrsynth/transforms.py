@@ -48,7 +48,9 @@ class LoadCardiacFramed(MapTransform):
         d["spacing"] = spacing
         d["source_image"] = str(image_path)
         d[self.image_key] = image
-        if label_path is not None:
+        if label_path is None:
+            d.pop(self.label_key, None)
+        else:
             label, _ = load_volume(label_path, d.get("time_index"))
             check_label(label, label_path, image.shape)
             d[self.label_key] = to_canonical(label, d.get("label_convention", "acdc"))
@@ -104,7 +106,7 @@ def heart_centre(label: np.ndarray) -> tuple[float, float]:
 def crop_around(volume: np.ndarray, centre: tuple[float, float], size: int, fill: float) -> np.ndarray:
     """Crop a size x size in-plane window centred on ``centre``, padding with ``fill`` outside the volume."""
     out = np.full((size, size, volume.shape[2]), fill, dtype=volume.dtype)
-    x0, y0 = (int(round(c - size / 2)) for c in centre)
+    x0, y0 = (int(np.floor(c - size / 2 + 0.5)) for c in centre)
     sx0, sy0 = max(x0, 0), max(y0, 0)
     sx1, sy1 = min(x0 + size, volume.shape[0]), min(y0 + size, volume.shape[1])
     if sx1 > sx0 and sy1 > sy0:

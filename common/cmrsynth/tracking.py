@@ -1,0 +1,95 @@
+# Copyright (c) cmr-synth contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""MLflow tracking: a SQLite store under the run's output folder by default, no server needed.
+
+The URI is, in order: the one passed in (a config value), ``MLFLOW_TRACKING_URI``, then
+``sqlite:///<run_dir>/mlflow.db``. (MONAI's MLFlowHandler refuses ``file:`` stores, so SQLite is the default.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+
+def tracking_uri(run_dir: str | Path, uri: str | None = None) -> str:
+    """Resolve the MLflow tracking URI for a run folder (see the module docstring for the order)."""
+    if uri:
+        return uri
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    path = Path(run_dir).absolute()
+    path.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{path / 'mlflow.db'}"
+
+
+def _flatten(params: Mapping, prefix: str = "") -> dict[str, str]:
+    out = {}
+    for k, v in params.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(_flatten(v, f"{key}."))
+        else:
+            out[key] = str(v)[:500]
+    return out
+
+
+class Tracker:
+    """A thin handle on an active MLflow run: params, metrics and file artifacts."""
+
+    def __init__(self, mlflow_module, run):
+        self._mlflow, self.run = mlflow_module, run
+
+    @property
+    def run_id(self) -> str:
+        """The MLflow run id."""
+        return self.run.info.run_id
+
+    def log_params(self, params: Mapping) -> None:
+        """Log (nested) parameters, flattened with dots."""
+        self._mlflow.log_params(_flatten(params))
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        """Log numeric metrics (non-numbers are skipped)."""
+        numeric = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        self._mlflow.log_metrics(numeric, step=step)
+
+    def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
+        """Attach a file (PNG, JSON, ...) to the run."""
+        self._mlflow.log_artifact(str(path), artifact_path=folder)
+
+
+@contextlib.contextmanager
+def tracked_run(
+    run_dir: str | Path, experiment: str, run_name: str | None = None, params: Mapping | None = None, uri: str | None = None
+) -> Iterator[Tracker]:
+    """Open an MLflow run in ``experiment``, artifacts stored under ``run_dir/mlartifacts`` for a local store.
+
+    Yields:
+        a Tracker; the run ends FAILED if the block raises.
+    """
+    import mlflow
+
+    uri = tracking_uri(run_dir, uri)
+    mlflow.set_tracking_uri(uri)
+    if mlflow.get_experiment_by_name(experiment) is None:
+        location = None
+        if uri.startswith("sqlite:"):
+            location = (Path(run_dir).absolute() / "mlartifacts").as_uri()
+        mlflow.create_experiment(experiment, artifact_location=location)
+    mlflow.set_experiment(experiment)
+    with mlflow.start_run(run_name=run_name) as run:
+        tracker = Tracker(mlflow, run)
+        if params:
+            tracker.log_params(params)
+        yield tracker

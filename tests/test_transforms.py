@@ -1,0 +1,91 @@
+# Copyright (c) cmr-synth contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cmrsynth.transforms import (
+    HeartCentredCropd,
+    PercentileScaled,
+    ResampleInPlaned,
+    crop_around,
+    labelled_slices,
+    resample_in_plane,
+)
+
+
+def _disc(n=60, r=12.0, centre=(30, 30)):
+    x, y = np.mgrid[:n, :n]
+    return ((x - centre[0]) ** 2 + (y - centre[1]) ** 2 < r**2).astype(np.uint8)
+
+
+def test_resampling_keeps_label_area_in_mm():
+    label = np.stack([_disc() * 3, _disc(r=8) * 2], axis=-1)
+    out = resample_in_plane(label, (1.0, 1.0), 2.5, is_label=True)
+    assert out.shape == (24, 24, 2) and out.dtype == np.uint8
+    for k, s in ((3, 0), (2, 1)):
+        area_in, area_out = (label[:, :, s] == k).sum() * 1.0, (out[:, :, s] == k).sum() * 2.5**2
+        assert area_out == pytest.approx(area_in, rel=0.06)
+
+
+def test_resample_dict_updates_spacing():
+    d = ResampleInPlaned(spacing=2.0)({"image": np.ones((30, 20, 3), np.float32), "label": np.zeros((30, 20, 3), np.uint8),
+                                        "spacing": (1.0, 1.0, 8.0)})
+    assert d["image"].shape == (15, 10, 3) and d["label"].shape == (15, 10, 3) and d["spacing"] == (2.0, 2.0, 8.0)
+    np.testing.assert_allclose(d["image"], 1.0, atol=1e-5)
+
+
+def test_crop_is_centred_on_the_heart_and_pads_outside():
+    label = np.zeros((50, 50, 2), np.uint8)
+    label[40:46, 2:8, 0] = 3
+    image = np.arange(50 * 50 * 2, dtype=np.float32).reshape(50, 50, 2)
+    d = HeartCentredCropd(size=16)({"image": image, "label": label})
+    assert d["image"].shape == (16, 16, 2) and d["roi_centre"] == pytest.approx((42.5, 4.5))
+    assert d["foreground_lost"] == 0.0
+    assert (d["label"][5:11, 5:11, 0] == 3).all() and d["label"].sum() == 3 * 36  # centred: 7.5 is the middle
+    assert d["image"][:, 0, 0].min() == image.min()  # padded columns hold the volume's minimum
+
+
+def test_crop_reports_lost_foreground():
+    label = np.zeros((40, 40, 1), np.uint8)
+    label[0:40, 20, 0] = 2
+    d = HeartCentredCropd(size=10)({"image": np.zeros((40, 40, 1), np.float32), "label": label})
+    assert d["foreground_lost"] == pytest.approx(0.75)
+
+
+def test_crop_around_outside_volume_is_fill():
+    out = crop_around(np.ones((4, 4, 1)), (100.0, 100.0), 6, fill=-5)
+    assert (out == -5).all()
+
+
+def test_percentile_scaling_to_minus_one_one():
+    x = np.random.default_rng(0).normal(100, 20, (20, 20, 3)).astype(np.float32)
+    x[0, 0, 0] = 1e6  # an outlier is clipped away, not allowed to squash the rest
+    d = PercentileScaled(lower=1, upper=99)({"image": x})
+    assert d["image"].min() == -1 and d["image"].max() == 1
+    assert np.median(d["image"]) == pytest.approx(0, abs=0.1)
+
+
+def test_bad_transform_arguments():
+    with pytest.raises(ValueError, match="lower=50, upper=10"):
+        PercentileScaled(lower=50, upper=10)
+    with pytest.raises(ValueError, match="spacing must be positive, got 0"):
+        ResampleInPlaned(spacing=0)
+    with pytest.raises(ValueError, match="at least 8"):
+        HeartCentredCropd(size=4)
+
+
+def test_slice_selection():
+    label = np.zeros((4, 4, 10), np.uint8)
+    label[1, 1, 2:9] = 1
+    assert labelled_slices(label) == [2, 3, 4, 5, 6, 7, 8]
+    assert labelled_slices(label, n_central=3) == [4, 5, 6]
