@@ -196,3 +196,32 @@ def labelled_slices(label: np.ndarray, n_central: int | None = None) -> list[int
         return idx
     mid = (idx[0] + idx[-1]) / 2
     return sorted(sorted(idx, key=lambda s: (abs(s - mid), s))[:n_central])
+
+
+class ClassIndexd(MapTransform):
+    """Map a slice's (group, phase) to an integer class for the class embedding.
+
+    Class = group_index * len(phases) + phase_index; an unknown or missing group or phase gets
+    ``null_class`` = len(groups) * len(phases), the classifier-free "no condition" class. With no groups the
+    class is built from the phase alone.
+
+    Args:
+        groups: pathology groups in embedding order, e.g. ["NOR", "DCM", "HCM", "MINF", "RV"].
+        phases: phases in embedding order.
+        output_key: where the class goes.
+    """
+
+    def __init__(self, groups: list[str] | tuple[str, ...], phases=("ED", "ES"), output_key: str = "class"):
+        super().__init__([], allow_missing_keys=True)
+        self.groups, self.phases, self.output_key = list(groups) or [None], list(phases), output_key
+        self.null_class = len(self.groups) * len(self.phases)
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        group = d.get("group") if self.groups != [None] else None
+        phase = d.get("phase")
+        if group in self.groups and phase in self.phases:
+            d[self.output_key] = self.groups.index(group) * len(self.phases) + self.phases.index(phase)
+        else:
+            d[self.output_key] = self.null_class
+        return d

@@ -1,0 +1,193 @@
+# Copyright (c) cmr-synth contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""Generation entry points of the generator bundles: sample, post-process, write NIfTI + datalist + figures.
+
+Outputs are shareable: synthetic files carry ids ``syn00000``..., the pathology group and phase, and no source
+header fields or patient ids. Where images are generated from real masks, the link to the source mask (needed
+for paired fidelity metrics) goes to ``provenance.json`` only, which is not part of a release.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cmrsynth.data.atomic import atomic_directory, write_json_atomic
+from cmrsynth.data.nifti import save_slice
+from cmrsynth.engines import sample_diffusion
+from cmrsynth.labels import CHANNEL_DEF, NUM_CLASSES
+from cmrsynth.masks import plausibility, postprocess_mask, shape_stats
+from cmrsynth.report import save_overlay_grid
+
+
+def class_plan(groups: list[str], phases: list[str], per_class: int) -> list[tuple[str | None, str | None, int]]:
+    """(group, phase, class index) for ``per_class`` samples of every class; one unconditional class without groups."""
+    if not groups:
+        return [(None, None, 0)] * per_class
+    return [(g, p, gi * len(phases) + pi) for gi, g in enumerate(groups) for pi, p in enumerate(phases)] * per_class
+
+
+def _batches(n: int, size: int):
+    for start in range(0, n, size):
+        yield slice(start, min(start + size, n))
+
+
+def generate_masks(
+    denoiser: torch.nn.Module,
+    scheduler,
+    out_dir: str | Path,
+    groups: list[str],
+    phases: list[str] = ("ED", "ES"),
+    per_class: int = 8,
+    size: int = 64,
+    spacing: float = 2.5,
+    num_inference_steps: int | None = 50,
+    guidance_scale: float = 1.0,
+    keep_implausible: bool = False,
+    batch_size: int = 32,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    overwrite: bool = False,
+) -> dict:
+    """Sample masks per (group, phase), clean them, check plausibility, write label NIfTIs and a datalist.
+
+    Returns:
+        summary with counts, plausibility rate (before dropping) and seconds per mask.
+    """
+    plan = class_plan(list(groups), list(phases), per_class)
+    null_class = len(groups) * len(phases) if groups else None
+    generator = torch.Generator().manual_seed(seed)
+    denoiser = denoiser.to(device).eval()
+    t0 = time.perf_counter()
+    masks = []
+    for sl in _batches(len(plan), batch_size):
+        chunk = plan[sl]
+        noise = torch.randn((len(chunk), NUM_CLASSES, size, size), generator=generator).to(device)
+        labels = torch.tensor([c for _, _, c in chunk], device=device) if groups else None
+        x = sample_diffusion(denoiser, scheduler, noise, num_inference_steps, class_labels=labels,
+                             guidance_scale=guidance_scale, null_class=null_class, generator=generator)
+        masks.extend(x.argmax(1).to(torch.uint8).cpu().numpy())
+    seconds = time.perf_counter() - t0
+    entries, checks, failed = [], [], Counter()
+    with atomic_directory(out_dir, overwrite=overwrite) as tmp:
+        (tmp / "labels").mkdir()
+        for i, ((group, phase, _), raw) in enumerate(zip(plan, masks)):
+            mask = postprocess_mask(raw)
+            check = plausibility(mask)
+            checks.append(check["plausible"])
+            failed.update(k for k, ok in check.items() if not ok and k != "plausible")
+            if not check["plausible"] and not keep_implausible:
+                continue
+            sid = f"syn{i:05d}"
+            save_slice(tmp / "labels" / f"{sid}.nii.gz", mask, (spacing, spacing, 1.0), np.uint8)
+            entries.append({"label": f"labels/{sid}.nii.gz", "synthetic_id": sid, "group": group, "phase": phase,
+                            "plausible": check["plausible"], **shape_stats(mask, spacing)})
+        summary = {
+            "generated": len(plan), "written": len(entries), "plausibility_rate": float(np.mean(checks)),
+            "failed_checks": dict(failed), "implausible_kept": keep_implausible,
+            "seconds_per_mask": seconds / len(plan), "num_inference_steps": num_inference_steps,
+            "guidance_scale": guidance_scale,
+        }
+        write_json_atomic(tmp / "datalist.json", {"description": "cmr-synth synthetic masks", "labels": CHANNEL_DEF,
+                                                 "synthetic": entries, "summary": summary})
+        shown = entries[:: max(1, len(entries) // 24)][:24]
+        if shown:
+            grid = [np.asanyarray(nib.load(tmp / e["label"]).dataobj) for e in shown]
+            save_overlay_grid([np.zeros_like(m, np.float32) for m in grid], grid, tmp / "masks.png",
+                              [f"{e['group'] or ''} {e['phase'] or ''}" for e in shown], ncols=8)
+    return summary
+
+
+def _load_masks(datalist: str | Path, key: str) -> tuple[list[dict], Path]:
+    path = Path(datalist)
+    entries = json.loads(path.read_text())[key]
+    if not entries:
+        raise ValueError(f"{path}: no entries under {key!r}")
+    return entries, path.parent
+
+
+def generate_images(
+    denoiser: torch.nn.Module,
+    scheduler,
+    mask_datalist: str | Path,
+    out_dir: str | Path,
+    mask_key: str = "synthetic",
+    groups: list[str] | None = None,
+    phases: list[str] = ("ED", "ES"),
+    num_inference_steps: int | None = 50,
+    guidance_scale: float = 1.0,
+    max_images: int | None = None,
+    batch_size: int = 32,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    overwrite: bool = False,
+) -> dict:
+    """Generate one image per mask of a datalist; write image + label NIfTI pairs, a datalist and a grid.
+
+    Args:
+        mask_datalist: a datalist whose entries under ``mask_key`` have a ``label`` (mask_generator output,
+            or a prepared real datalist with ``mask_key="test"``).
+        groups: class-embedding groups (None or empty: no class conditioning).
+
+    Returns:
+        summary with counts and seconds per image.
+    """
+    entries, root = _load_masks(mask_datalist, mask_key)
+    entries = entries[:max_images] if max_images else entries
+    groups = list(groups or [])
+    null_class = len(groups) * len(phases) if groups else None
+    generator = torch.Generator().manual_seed(seed)
+    denoiser = denoiser.to(device).eval()
+    masks = [np.asanyarray(nib.load(root / e["label"]).dataobj).astype(np.int64) for e in entries]
+    t0 = time.perf_counter()
+    images = []
+    for sl in _batches(len(entries), batch_size):
+        m = torch.from_numpy(np.stack(masks[sl]))
+        onehot = F.one_hot(m, NUM_CLASSES).permute(0, 3, 1, 2).float().to(device)
+        noise = torch.randn((m.shape[0], 1, *m.shape[1:]), generator=generator).to(device)
+        labels = None
+        if groups:
+            cls = [groups.index(e.get("group")) * len(phases) + list(phases).index(e.get("phase"))
+                   if e.get("group") in groups and e.get("phase") in phases else null_class for e in entries[sl]]
+            labels = torch.tensor(cls, device=device)
+        x = sample_diffusion(denoiser, scheduler, noise, num_inference_steps, mask=onehot, class_labels=labels,
+                             guidance_scale=guidance_scale, null_class=null_class, generator=generator)
+        images.extend(x[:, 0].clamp(-1, 1).cpu().numpy())
+    seconds = time.perf_counter() - t0
+    out_entries, provenance = [], {}
+    with atomic_directory(out_dir, overwrite=overwrite) as tmp:
+        (tmp / "images").mkdir()
+        (tmp / "labels").mkdir()
+        for i, (e, image, mask) in enumerate(zip(entries, images, masks)):
+            sid = f"syn{i:05d}"
+            spacing = tuple(e.get("spacing", (2.5, 2.5, 1.0)))
+            save_slice(tmp / "images" / f"{sid}.nii.gz", image, spacing, np.float32)
+            save_slice(tmp / "labels" / f"{sid}.nii.gz", mask, spacing, np.uint8)
+            out_entries.append({"image": f"images/{sid}.nii.gz", "label": f"labels/{sid}.nii.gz", "synthetic_id": sid,
+                                "group": e.get("group"), "phase": e.get("phase"), "spacing": list(spacing)})
+            provenance[sid] = {"mask_datalist": str(Path(mask_datalist).absolute()), "mask_key": mask_key, "index": i,
+                               "source_label": str((root / e["label"]).absolute())}
+        summary = {"generated": len(out_entries), "seconds_per_image": seconds / len(out_entries),
+                   "num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale}
+        write_json_atomic(tmp / "datalist.json", {"description": "cmr-synth synthetic images with their masks",
+                                                 "labels": CHANNEL_DEF, "training": out_entries, "summary": summary})
+        write_json_atomic(tmp / "provenance.json", provenance)  # private: links to source masks, never released
+        shown = list(range(0, len(images), max(1, len(images) // 12)))[:12]
+        save_overlay_grid([images[i] for i in shown] + [images[i] for i in shown],
+                          [None] * len(shown) + [masks[i] for i in shown], tmp / "samples.png", ncols=len(shown))
+    return summary
