@@ -13,3 +13,14 @@
 from __future__ import annotations
 
 __version__ = "0.1.0"
+
+import importlib
+
+_SUBMODULES = ("data", "engines", "errors", "generate", "labels", "masks", "metrics", "report", "tracking", "transforms")
+
+
+def __getattr__(name: str):
+    """Import submodules on first use, so bundle configs can write ``$import cmrsynth`` then ``cmrsynth.engines.X``."""
+    if name in _SUBMODULES:
+        return importlib.import_module(f"cmrsynth.{name}")
+    raise AttributeError(f"module 'cmrsynth' has no attribute {name!r}")

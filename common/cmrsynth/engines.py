@@ -22,6 +22,7 @@ the network predicts eps.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -264,3 +265,68 @@ def latest_checkpoint(folder: str | Path, prefix: str = "checkpoint") -> str | N
     folder = Path(folder)
     files = sorted(folder.glob(f"{prefix}*.pt"), key=lambda p: p.stat().st_mtime) if folder.is_dir() else []
     return str(files[-1]) if files else None
+
+
+def _save_atomic(obj, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+class ResumableCheckpoint:
+    """Checkpoint a training run every epoch and resume it from the newest checkpoint when it starts again.
+
+    Saves ``save_dict`` plus the trainer's own state (epoch, iteration) to ``save_dir/checkpoint_epoch=N.pt``
+    (keeping ``n_saved``) and, when training ends (completed or stopped by a time budget), to
+    ``checkpoint_final.pt``. Files are written to a temporary name and renamed, so a crash never leaves a torn
+    checkpoint. On start, the newest checkpoint (if any) is loaded, keeping the configured ``max_epochs``, so
+    rerunning the same command after a crash continues where it stopped.
+
+    Args:
+        save_dir: checkpoint folder.
+        save_dict: objects with ``state_dict``/``load_state_dict`` (network, EMA, optimizer, ...).
+        n_saved: epoch checkpoints to keep.
+    """
+
+    def __init__(self, save_dir: str | Path, save_dict: Mapping, n_saved: int = 1):
+        self.save_dir, self.save_dict, self.n_saved = Path(save_dir), dict(save_dict), n_saved
+
+    def attach(self, engine) -> None:
+        """Register resume on STARTED, saving on EPOCH_COMPLETED and COMPLETED."""
+        from ignite.engine import Events
+
+        self.objects = {**self.save_dict, "trainer": engine}
+        engine.add_event_handler(Events.STARTED, self.resume)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self.save_epoch)
+        engine.add_event_handler(Events.COMPLETED, self.save_final)
+
+    def _state(self) -> dict:
+        return {k: v.state_dict() for k, v in self.objects.items()}
+
+    def resume(self, engine) -> None:
+        """Load the newest checkpoint into every object, keeping the configured run length."""
+        path = latest_checkpoint(self.save_dir)
+        if path is None:
+            return
+        max_epochs, epoch_length = engine.state.max_epochs, engine.state.epoch_length
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        missing = [k for k in self.objects if k not in state]
+        if missing:
+            raise ValueError(f"{path}: checkpoint lacks {missing}; it holds {sorted(state)}")
+        for k, obj in self.objects.items():
+            obj.load_state_dict(state[k])
+        engine.state.max_epochs, engine.state.epoch_length = max_epochs, epoch_length
+        engine.logger.info(f"resumed from {path} at epoch {engine.state.epoch}, iteration {engine.state.iteration}")
+
+    def save_epoch(self, engine) -> None:
+        """Write ``checkpoint_epoch=N.pt`` and drop the oldest beyond ``n_saved``."""
+        self.save_dir.mkdir(parents=True, exist_ok=True)
+        _save_atomic(self._state(), self.save_dir / f"checkpoint_epoch={engine.state.epoch}.pt")
+        old = sorted(self.save_dir.glob("checkpoint_epoch=*.pt"), key=lambda p: p.stat().st_mtime)[: -self.n_saved]
+        for p in old:
+            p.unlink()
+
+    def save_final(self, engine) -> None:
+        """Write ``checkpoint_final.pt`` (all objects and the trainer state)."""
+        self.save_dir.mkdir(parents=True, exist_ok=True)
+        _save_atomic(self._state(), self.save_dir / "checkpoint_final.pt")

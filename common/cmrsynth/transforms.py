@@ -212,7 +212,7 @@ class ClassIndexd(MapTransform):
     """
 
     def __init__(self, groups: list[str] | tuple[str, ...], phases=("ED", "ES"), output_key: str = "class"):
-        super().__init__([], allow_missing_keys=True)
+        super().__init__(("group", "phase"), allow_missing_keys=True)
         self.groups, self.phases, self.output_key = list(groups) or [None], list(phases), output_key
         self.null_class = len(self.groups) * len(self.phases)
 

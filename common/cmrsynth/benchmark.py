@@ -1,0 +1,74 @@
+# Copyright (c) cmr-synth contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""Shared pieces of the benchmark scripts: the benchmark split of real ACDC, machine facts, JSON output."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+
+from cmrsynth.data.acdc import read_acdc
+from cmrsynth.data.atomic import write_json_atomic
+from cmrsynth.data.prepare import PrepareConfig, prepare_cohort
+
+REPO = Path(__file__).resolve().parents[2]
+ACDC = REPO.parent / "shared" / "data" / "acdc"
+
+
+def prepared_acdc(out: str | Path, size: int = 64, acdc_root: str | Path = ACDC) -> Path:
+    """The benchmark protocol's prepared ACDC (seed 0, 50/10/10 patients stratified by group); prepared if missing."""
+    out = Path(out)
+    if not (out / "datalist.json").is_file():
+        if not Path(acdc_root).is_dir():
+            raise SystemExit(f"real ACDC data not found at {acdc_root}: the benchmark needs it")
+        prepare_cohort(read_acdc(acdc_root), out, PrepareConfig(size=size, seed=0))
+    return out
+
+
+def machine() -> dict:
+    """Facts about where a benchmark ran."""
+    return {
+        "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
+    }
+
+
+def load_section(prepared: str | Path, section: str) -> list[dict]:
+    """Entries of a prepared datalist section, with their label arrays under ``"mask"`` and images under ``"array"``."""
+    prepared = Path(prepared)
+    entries = json.loads((prepared / "datalist.json").read_text())[section]
+    for e in entries:
+        e["mask"] = np.asanyarray(nib.load(prepared / e["label"]).dataobj)
+        if "image" in e:
+            e["array"] = np.asanyarray(nib.load(prepared / e["image"]).dataobj)
+    return entries
+
+
+def write_benchmark(path: str | Path, result: dict) -> None:
+    """Write a benchmark JSON (atomically) with NaN turned into null."""
+    def clean(x):
+        if isinstance(x, dict):
+            return {k: clean(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [clean(v) for v in x]
+        if isinstance(x, float) and not np.isfinite(x):
+            return None
+        return x
+
+    write_json_atomic(path, clean(result))
