@@ -255,9 +255,22 @@ class TimeBudget:
         self.start = time.monotonic()
 
     def _check(self, engine) -> None:
-        if self.minutes is not None and time.monotonic() - self.start > self.minutes * 60:
+        if self.minutes is None:
+            return
+        spent = torch.tensor(float(time.monotonic() - self.start > self.minutes * 60))
+        if _distributed():  # every rank stops at the same iteration, or the others would wait forever
+            torch.distributed.all_reduce(spent, op=torch.distributed.ReduceOp.MAX)
+        if spent.item():
             engine.logger.info(f"time budget of {self.minutes} min reached at iteration {engine.state.iteration}")
             engine.terminate()
+
+
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def _is_rank0() -> bool:
+    return not _distributed() or torch.distributed.get_rank() == 0
 
 
 def latest_checkpoint(folder: str | Path, prefix: str = "checkpoint") -> str | None:
@@ -279,7 +292,7 @@ class ResumableCheckpoint:
     Saves ``save_dict`` plus the trainer's own state (epoch, iteration) to ``save_dir/checkpoint_epoch=N.pt``
     (keeping ``n_saved``) and, when training ends (completed or stopped by a time budget), to
     ``checkpoint_final.pt``. Files are written to a temporary name and renamed, so a crash never leaves a torn
-    checkpoint. On start, the newest checkpoint (if any) is loaded, keeping the configured ``max_epochs``, so
+    checkpoint. Under DDP every rank keeps the handler (it resumes every rank) but only rank 0 writes. On start, the newest checkpoint (if any) is loaded, keeping the configured ``max_epochs``, so
     rerunning the same command after a crash continues where it stopped.
 
     Args:
@@ -319,7 +332,9 @@ class ResumableCheckpoint:
         engine.logger.info(f"resumed from {path} at epoch {engine.state.epoch}, iteration {engine.state.iteration}")
 
     def save_epoch(self, engine) -> None:
-        """Write ``checkpoint_epoch=N.pt`` and drop the oldest beyond ``n_saved``."""
+        """Write ``checkpoint_epoch=N.pt`` and drop the oldest beyond ``n_saved`` (rank 0 only under DDP)."""
+        if not _is_rank0():
+            return
         self.save_dir.mkdir(parents=True, exist_ok=True)
         _save_atomic(self._state(), self.save_dir / f"checkpoint_epoch={engine.state.epoch}.pt")
         old = sorted(self.save_dir.glob("checkpoint_epoch=*.pt"), key=lambda p: p.stat().st_mtime)[: -self.n_saved]
@@ -327,6 +342,8 @@ class ResumableCheckpoint:
             p.unlink()
 
     def save_final(self, engine) -> None:
-        """Write ``checkpoint_final.pt`` (all objects and the trainer state)."""
+        """Write ``checkpoint_final.pt`` (all objects and the trainer state; rank 0 only under DDP)."""
+        if not _is_rank0():
+            return
         self.save_dir.mkdir(parents=True, exist_ok=True)
         _save_atomic(self._state(), self.save_dir / "checkpoint_final.pt")

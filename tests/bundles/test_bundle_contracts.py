@@ -1,0 +1,74 @@
+# Copyright (c) cmr-synth contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""Each generator bundle's metadata.json is its contract: the network its configs build must honour it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from monai.bundle import ConfigParser
+
+from cmrsynth.labels import CHANNEL_DEF
+from tests.conftest import REPO
+
+BUNDLES = ["mask_generator", "ddpm_cmr"]
+REQUIRED = ("version", "changelog", "monai_version", "pytorch_version", "required_packages_version", "name", "task",
+            "description", "authors", "copyright", "data_source", "intended_use", "references", "network_data_format")
+
+
+def _parser(bundle: str, *extra: str) -> ConfigParser:
+    parser = ConfigParser()
+    files = [REPO / "bundles" / bundle / "configs" / f for f in ("common.yaml", *extra)]
+    parser.read_config([str(f) for f in files])
+    parser["bundle_root"] = str(REPO / "bundles" / bundle)
+    return parser
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_metadata_is_filled(bundle):
+    meta = json.loads((REPO / "bundles" / bundle / "configs" / "metadata.json").read_text())
+    for key in REQUIRED:
+        assert meta.get(key), f"{bundle}: metadata field {key!r} is empty"
+    assert "cmrsynth" in meta["required_packages_version"]
+    assert meta["label_classes"] == CHANNEL_DEF
+    for name, spec in meta["network_data_format"]["inputs"].items():
+        assert spec["value_range"], f"{bundle}: input {name} has no value_range"
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+@pytest.mark.parametrize("preset", [(), ("reference.yaml",)])
+def test_network_matches_metadata(bundle, preset):
+    meta = json.loads((REPO / "bundles" / bundle / "configs" / "metadata.json").read_text())["network_data_format"]
+    parser = _parser(bundle, *preset)
+    parser["device"] = "$torch.device('cpu')"
+    net = parser.get_parsed_content("network")
+    size = parser.get_parsed_content("image_size")
+    assert size == (128 if preset else meta["inputs"]["image"]["spatial_shape"][0])
+    x = torch.zeros(1, meta["inputs"]["image"]["num_channels"], size, size)
+    mask = torch.zeros(1, 4, size, size) if "mask" in meta["inputs"] else None
+    labels = torch.tensor([3]) if "class_labels" in meta["inputs"] else None
+    with torch.no_grad():
+        out = net(x, torch.tensor([10]), mask=mask, class_labels=labels)
+    assert out.shape == (1, meta["outputs"]["pred"]["num_channels"], size, size)
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_configs_parse_and_name_the_tracked_engines(bundle):
+    parser = _parser(bundle, "train.yaml")
+    for id_ in ("train#trainer", "train#handlers", "validate#evaluator", "validate#handlers", "initialize", "run"):
+        assert id_ in parser, f"{bundle}: {id_} missing (MONAI --tracking needs it)"
+    assert parser["experiment_name"] == bundle
+    multi = _parser(bundle, "train.yaml", "multi_gpu_train.yaml")
+    assert "DistributedSampler" in str(multi["train#sampler"])
+    stats = multi["train#handlers"][4]
+    assert stats["_target_"] == "StatsHandler" and "_disabled_" in stats

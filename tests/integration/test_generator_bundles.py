@@ -1,0 +1,112 @@
+# Copyright (c) cmr-synth contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""mask_generator and ddpm_cmr run as users run them: python -m monai.bundle run, 32x32 phantom data, tiny nets."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from monai.data import load_decathlon_datalist
+
+from cmrsynth.bundle_run import override_args, run_bundle, trainer_progress
+from cmrsynth.data.acdc import read_acdc
+from cmrsynth.data.prepare import PrepareConfig, prepare_cohort
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.integration
+MASKS, IMAGES = REPO / "bundles" / "mask_generator", REPO / "bundles" / "ddpm_cmr"
+TINY = {"image_size": 32, "channels": [8, 16], "attention_levels": [False, True], "norm_num_groups": 8,
+        "num_head_channels": 8, "batch_size": 8, "epoch_length": 3, "val_interval": 1}
+TRAIN, INFER = ["common.yaml", "train.yaml"], ["common.yaml", "inference.yaml"]
+
+
+@pytest.fixture(scope="module")
+def prepared(phantom_cohort_master, tmp_path_factory):
+    out = tmp_path_factory.mktemp("prepared") / "p32"
+    prepare_cohort(read_acdc(phantom_cohort_master), out, PrepareConfig(size=32, fractions=(0.6, 0.2, 0.2)))
+    return out
+
+
+def _tiny(**kw):
+    return {**TINY, **kw}
+
+
+def test_masks_then_images_chain(prepared, tmp_path):
+    mg, dd = tmp_path / "mg", tmp_path / "dd"
+    run_bundle(MASKS, TRAIN, mg, _tiny(dataset_dir=str(prepared), max_epochs=2))
+    assert trainer_progress(mg / "models" / "checkpoint_final.pt") == {"epoch": 2, "iteration": 6}
+    assert (mg / "models" / "best_ema.pt").is_file()
+    run_bundle(MASKS, INFER, mg, _tiny(per_class=1, num_inference_steps=3, keep_implausible=True))
+    masks = json.loads((mg / "eval" / "masks" / "datalist.json").read_text())
+    assert len(masks["synthetic"]) == 10 and {e["group"] for e in masks["synthetic"]} == {"NOR", "DCM", "HCM", "MINF", "RV"}
+
+    run_bundle(IMAGES, TRAIN, dd, _tiny(dataset_dir=str(prepared), max_epochs=1, class_conditional=True,
+                                        condition_dropout=0.2))
+    run_bundle(IMAGES, INFER, dd, _tiny(mask_datalist=str(mg / "eval" / "masks" / "datalist.json"),
+                                        num_inference_steps=3, class_conditional=True, guidance_scale=2.0))
+    out = dd / "eval" / "images"
+    items = load_decathlon_datalist(str(out / "datalist.json"), True, "training")  # what seg_utility reads
+    assert len(items) == 10 and all(i["image"].endswith(".nii.gz") for i in items)
+    assert (out / "samples.png").is_file()
+
+
+def test_images_for_real_masks_with_ddpm_and_spade(prepared, tmp_path):
+    run_bundle(IMAGES, TRAIN, tmp_path, _tiny(dataset_dir=str(prepared), max_epochs=1, mask_mode="spade"))
+    run_bundle(IMAGES, INFER, tmp_path, _tiny(mask_mode="spade", mask_datalist=str(prepared / "datalist.json"),
+                                              mask_key="test", sampler="ddpm", max_images=2, num_train_timesteps=1000))
+    d = json.loads((tmp_path / "eval" / "images" / "datalist.json").read_text())
+    assert d["summary"]["generated"] == 2 and d["summary"]["num_inference_steps"] is None  # full DDPM
+
+
+def test_training_is_tracked_in_mlflow(prepared, tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    run_bundle(MASKS, TRAIN, tmp_path, _tiny(dataset_dir=str(prepared), max_epochs=1), extra_args=["--tracking", "mlflow"],
+               env={"MLFLOW_TRACKING_URI": ""})
+    client = MlflowClient(f"sqlite:///{tmp_path / 'eval' / 'mlflow.db'}")
+    [exp] = [e for e in client.search_experiments() if e.name == "mask_generator"]
+    runs = client.search_runs([exp.experiment_id])
+    metrics = set().union(*(r.data.metrics for r in runs))
+    assert "train_loss" in metrics and "val_mse" in metrics
+
+
+def _saved_epoch(root) -> int:
+    epochs = [int(p.stem.split("=")[1]) for p in (root / "models").glob("checkpoint_epoch=*.pt")]
+    return max(epochs, default=0)
+
+
+def test_killed_training_resumes_from_its_last_checkpoint(prepared, tmp_path):
+    overrides = _tiny(dataset_dir=str(prepared), max_epochs=12)
+    files = json.dumps([str(MASKS / "configs" / c) for c in TRAIN])
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--bundle_root", str(tmp_path), "--config_file", files,
+           *override_args(overrides)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while _saved_epoch(tmp_path) < 2 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    killed_at = _saved_epoch(tmp_path)
+    assert 2 <= killed_at < 12 and not (tmp_path / "models" / "checkpoint_final.pt").exists(), "killed mid-training"
+    log = tmp_path / "rerun.log"
+    run_bundle(MASKS, TRAIN, tmp_path, overrides, log=log)  # the same command again
+    assert "resumed from" in log.read_text()
+    assert trainer_progress(tmp_path / "models" / "checkpoint_final.pt") == {"epoch": 12, "iteration": 36}
+    assert "Epoch: 1/12" not in log.read_text(), "the rerun started over"
+    assert f"Epoch: {killed_at + 1}/12" in log.read_text()
+    state = torch.load(tmp_path / "models" / "checkpoint_final.pt", weights_only=False)
+    assert set(state) == {"network", "ema", "optimizer", "trainer"}

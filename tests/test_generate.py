@@ -1,0 +1,91 @@
+# Copyright (c) cmr-synth contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.networks.nets import DiffusionModelUNet
+from monai.networks.schedulers import DDIMScheduler
+
+from cmrsynth.engines import ConditionalDenoiser
+from cmrsynth.generate import class_plan, generate_images, generate_masks
+
+
+def _denoiser(cin, cout, classes=None, mode="none"):
+    torch.manual_seed(0)
+    net = DiffusionModelUNet(2, cin, cout, channels=(8, 8), attention_levels=(False, False), num_res_blocks=1,
+                             norm_num_groups=8, num_class_embeds=classes)
+    return ConditionalDenoiser(net, mode)
+
+
+def test_class_plan():
+    plan = class_plan(["NOR", "HCM"], ["ED", "ES"], 2)
+    assert len(plan) == 8 and plan[3] == ("HCM", "ES", 3)
+    assert class_plan([], ["ED"], 3) == [(None, None, 0)] * 3
+
+
+def test_generate_masks_writes_a_shareable_datalist(tmp_path):
+    summary = generate_masks(_denoiser(4, 4, classes=5), DDIMScheduler(100), tmp_path / "m", ["NOR", "HCM"],
+                             per_class=2, size=16, num_inference_steps=3, keep_implausible=True, guidance_scale=2.0)
+    d = json.loads((tmp_path / "m" / "datalist.json").read_text())
+    assert summary["generated"] == summary["written"] == len(d["synthetic"]) == 8
+    e = d["synthetic"][0]
+    assert e["synthetic_id"] == "syn00000" and e["group"] == "NOR" and "patient" not in e
+    mask = nib.load(tmp_path / "m" / e["label"])
+    assert mask.shape == (16, 16) and set(np.unique(mask.get_fdata())) <= {0, 1, 2, 3}
+    assert (tmp_path / "m" / "masks.png").is_file()
+
+
+def test_implausible_masks_are_dropped_and_counted(tmp_path):
+    summary = generate_masks(_denoiser(4, 4), DDIMScheduler(100), tmp_path / "m", [], per_class=4, size=16,
+                             num_inference_steps=2)
+    n_ok = round(summary["plausibility_rate"] * 4)
+    assert summary["written"] == n_ok and summary["generated"] == 4
+    assert sum(summary["failed_checks"].values()) >= 4 - n_ok
+
+
+def test_generate_images_from_real_masks_keeps_provenance_private(tmp_path):
+    root = tmp_path / "masks"
+    (root / "labels").mkdir(parents=True)
+    entries = []
+    for i in range(3):
+        m = np.zeros((16, 16), np.uint8)
+        m[4:12, 4:12] = 2
+        m[6:10, 6:10] = 3
+        nib.save(nib.Nifti1Image(m, np.eye(4)), str(root / "labels" / f"p{i}.nii.gz"))
+        entries.append({"label": f"labels/p{i}.nii.gz", "patient": f"patient00{i}", "group": "DCM", "phase": "ES",
+                        "spacing": [2.5, 2.5, 10.0]})
+    (root / "datalist.json").write_text(json.dumps({"test": entries}))
+    summary = generate_images(_denoiser(5, 1, mode="concat"), DDIMScheduler(100), root / "datalist.json",
+                              tmp_path / "out", mask_key="test", num_inference_steps=2)
+    d = json.loads((tmp_path / "out" / "datalist.json").read_text())
+    assert summary["generated"] == 3 and len(d["training"]) == 3
+    text = json.dumps(d)
+    assert "patient00" not in text, "no patient id in the shareable datalist"
+    img = nib.load(tmp_path / "out" / d["training"][0]["image"])
+    assert img.shape == (16, 16) and -1 <= img.get_fdata().min() and img.get_fdata().max() <= 1
+    assert img.header.get_zooms()[:2] == pytest.approx((2.5, 2.5))
+    lab = np.asanyarray(nib.load(tmp_path / "out" / d["training"][0]["label"]).dataobj)
+    assert (lab == np.asanyarray(nib.load(root / "labels" / "p0.nii.gz").dataobj)).all()
+    assert "patient000" not in (tmp_path / "out" / d["training"][0]["image"]).read_bytes().decode("latin-1")
+    prov = json.loads((tmp_path / "out" / "provenance.json").read_text())
+    assert prov["syn00002"]["source_label"].endswith("p2.nii.gz")
+
+
+def test_generate_images_refuses_an_empty_datalist(tmp_path):
+    (tmp_path / "d.json").write_text(json.dumps({"synthetic": []}))
+    with pytest.raises(ValueError, match="no entries under 'synthetic'"):
+        generate_images(_denoiser(5, 1, mode="concat"), DDIMScheduler(10), tmp_path / "d.json", tmp_path / "o")
+    assert not (tmp_path / "o").exists()
