@@ -10,8 +10,11 @@
 # limitations under the License.
 """The main job: the end-to-end pipeline on the embedded phantom cohort (no real data needed).
 
-Today: generate a phantom cohort in the ACDC layout, prepare it into 2D slices with a patient-level split,
-print a summary, draw a picture, and track the run in MLflow. Later stages join here as they land.
+Stages: draw a phantom cohort in the ACDC layout; prepare it into 2D slices with a patient-level split; train
+the mask_generator and ddpm_cmr bundles (through \`\`python -m monai.bundle run\`\`, a short wall-time budget each);
+sample masks per (group, phase), then images on them. Every step is tracked in one MLflow store under the run
+folder. The demo budgets are minutes, so its images show the chain works, not what the models can do: the
+benchmarks (scripts/benchmark_*.py) train on real data.
 
 Example: python scripts/run_pipeline.py --out runs/demo
 """
@@ -19,22 +22,46 @@ Example: python scripts/run_pipeline.py --out runs/demo
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
 
+from cmrsynth.bundle_run import run_bundle
 from cmrsynth.data.acdc import read_acdc
 from cmrsynth.data.phantom import write_phantom_cohort
 from cmrsynth.data.prepare import PrepareConfig, prepare_cohort
 from cmrsynth.errors import CMRDataError
 from cmrsynth.report import datalist_preview
-from cmrsynth.tracking import tracked_run
+from cmrsynth.tracking import tracked_run, tracking_uri
+
+REPO = Path(__file__).resolve().parents[1]
 
 
-def run(out: Path, n_per_group: int, size: int, seed: int, overwrite: bool) -> dict:
-    """Phantom cohort -> prepared slices -> summary and picture, tracked in MLflow."""
+def train_and_sample(out: Path, prepared: Path, size: int, minutes: float, steps: int, per_class: int) -> dict:
+    """Train both generator bundles for ``minutes`` each, then sample masks and images on them."""
+    tracking = ["--tracking", "mlflow", "--tracking_uri", tracking_uri(out)]
+    masks, images = REPO / "bundles" / "mask_generator", REPO / "bundles" / "ddpm_cmr"
+    train = {"dataset_dir": str(prepared), "image_size": size, "max_minutes": minutes, "max_epochs": 100000, "epoch_length": 10,
+             "val_interval": 1}
+    run_bundle(masks, ["common.yaml", "train.yaml"], out / "mask_generator", train, extra_args=tracking)
+    run_bundle(masks, ["common.yaml", "inference.yaml"], out / "mask_generator",
+               {"image_size": size, "per_class": per_class, "num_inference_steps": steps, "keep_implausible": True})
+    run_bundle(images, ["common.yaml", "train.yaml"], out / "ddpm_cmr", train, extra_args=tracking)
+    mask_list = out / "mask_generator" / "eval" / "masks" / "datalist.json"
+    run_bundle(images, ["common.yaml", "inference.yaml"], out / "ddpm_cmr",
+               {"image_size": size, "mask_datalist": str(mask_list), "num_inference_steps": steps})
+    return {
+        "masks": json.loads(mask_list.read_text())["summary"],
+        "images": json.loads((out / "ddpm_cmr" / "eval" / "images" / "datalist.json").read_text())["summary"],
+    }
+
+
+def run(out: Path, n_per_group: int, size: int, seed: int, overwrite: bool, minutes: float, steps: int) -> dict:
+    """Phantom cohort -> prepared slices -> generators trained and sampled, tracked in MLflow."""
     cfg = PrepareConfig(size=size, seed=seed)
-    with tracked_run(out, "cmr-synth-pipeline", "phantom-demo", {"n_per_group": n_per_group, "prepare": vars(cfg)}) as t:
+    params = {"n_per_group": n_per_group, "prepare": vars(cfg), "train_minutes": minutes, "ddim_steps": steps}
+    with tracked_run(out, "cmr-synth-pipeline", "phantom-demo", params) as t:
         cohort = out / "phantom_cohort"
         write_phantom_cohort(cohort, n_per_group=n_per_group, seed=seed, overwrite=overwrite)
         summary = prepare_cohort(read_acdc(cohort), out / "prepared", cfg, overwrite=overwrite)
@@ -42,6 +69,12 @@ def run(out: Path, n_per_group: int, size: int, seed: int, overwrite: bool) -> d
         t.log_metrics({"patients": summary["patients"], "slices": summary["slices"]})
         t.log_artifact(png)
         t.log_artifact(out / "prepared" / "summary.json")
+        if minutes > 0:
+            summary["generated"] = train_and_sample(out, out / "prepared", size, minutes, steps, per_class=2)
+            t.log_metrics({"mask_plausibility_rate": summary["generated"]["masks"]["plausibility_rate"],
+                           "synthetic_images": summary["generated"]["images"]["generated"]})
+            t.log_artifact(out / "mask_generator" / "eval" / "masks" / "masks.png")
+            t.log_artifact(out / "ddpm_cmr" / "eval" / "images" / "samples.png")
     return summary
 
 
@@ -53,15 +86,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=64, help="slice size (64 CPU preset, 128 reference)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace outputs of an earlier run")
+    p.add_argument("--train-minutes", type=float, default=2.0, help="training budget per generator (0: prepare only)")
+    p.add_argument("--ddim-steps", type=int, default=20, help="DDIM steps when sampling")
     args = p.parse_args(argv)
     out = Path(args.out).absolute()
     try:
-        summary = run(out, args.n_per_group, args.size, args.seed, args.overwrite)
-    except (CMRDataError, FileExistsError, ValueError) as exc:
+        summary = run(out, args.n_per_group, args.size, args.seed, args.overwrite, args.train_minutes, args.ddim_steps)
+    except (CMRDataError, FileExistsError, ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"phantom cohort: {summary['patients']} patients, split {summary['patients_per_split']}")
     print(f"prepared slices: {summary['slices']} at {summary['size']}x{summary['size']} ({summary['spacing_mm']} mm), {summary['slices_per_split']}")
+    if "generated" in summary:
+        m, i = summary["generated"]["masks"], summary["generated"]["images"]
+        print(f"synthetic masks: {m['generated']} ({m['plausibility_rate']:.0%} plausible) -> {out / 'mask_generator/eval/masks'}")
+        print(f"synthetic images: {i['generated']} ({i['seconds_per_image']:.2f} s each) -> {out / 'ddpm_cmr/eval/images'}")
     print(f"picture: {out / 'prepared_slices.png'}\nMLflow store: {out / 'mlflow.db'}  (mlflow ui --backend-store-uri sqlite:///{out / 'mlflow.db'})")
     return 0
 

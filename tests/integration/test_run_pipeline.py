@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -27,8 +28,9 @@ def test_main_job_on_phantom_data(tmp_path):
 
     out = tmp_path / "demo"
     proc = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "run_pipeline.py"), "--out", str(out), "--n-per-group", "1", "--size", "32"],
-        capture_output=True, text=True, timeout=600, env={**__import__("os").environ, "MLFLOW_TRACKING_URI": ""},
+        [sys.executable, str(REPO / "scripts" / "run_pipeline.py"), "--out", str(out), "--n-per-group", "1", "--size", "32",
+         "--train-minutes", "0.1", "--ddim-steps", "2"],
+        capture_output=True, text=True, timeout=900, env={**__import__("os").environ, "MLFLOW_TRACKING_URI": ""},
     )
     assert proc.returncode == 0, proc.stderr
     assert "prepared slices:" in proc.stdout
@@ -38,6 +40,11 @@ def test_main_job_on_phantom_data(tmp_path):
     [exp] = [e for e in client.search_experiments() if e.name == "cmr-synth-pipeline"]
     [run] = client.search_runs([exp.experiment_id])
     assert run.info.status == "FINISHED" and run.data.metrics["patients"] == 5.0
+    assert run.data.metrics["synthetic_images"] == 20.0  # 2 masks per (group, phase), all kept, one image each
+    bundle_experiments = {e.name for e in client.search_experiments()}
+    assert {"mask_generator", "ddpm_cmr"} <= bundle_experiments, "the bundles' training is tracked in the same store"
+    images = json.loads((out / "ddpm_cmr" / "eval" / "images" / "datalist.json").read_text())["training"]
+    assert len(images) == 20 and (out / "ddpm_cmr" / "eval" / "images" / images[0]["image"]).is_file()
 
 
 def test_main_job_refuses_to_clobber(tmp_path):
