@@ -20,27 +20,17 @@ masks. Writes bundles/ddpm_cmr/docs/benchmark.json. Fidelity and utility scores 
 
 from __future__ import annotations
 
-import argparse
 import json
-import time
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
-from cmrsynth.benchmark import REPO, load_section, machine, prepared_acdc, write_benchmark
-from cmrsynth.bundle_run import run_bundle, trainer_progress
+from cmrsynth.benchmark import REPO, load_section, parser, run_benchmark
+from cmrsynth.bundle_run import run_bundle
 from cmrsynth.report import save_overlay_grid
 
 BUNDLE = REPO / "bundles" / "ddpm_cmr"
-
-
-def train(args, data: Path, root: Path) -> dict:
-    """Train within the budget (resumes if a checkpoint exists)."""
-    overrides = {"dataset_dir": str(data), "max_epochs": 100000, "max_minutes": args.minutes, "seed": args.seed}
-    seconds = run_bundle(BUNDLE, ["common.yaml", "train.yaml"], root, overrides, log=root / "train.log",
-                         env={"OMP_NUM_THREADS": str(args.threads)})
-    return {"wall_seconds": round(seconds, 1), **trainer_progress(root / "models" / "checkpoint_final.pt")}
 
 
 def sample(args, data: Path, root: Path, name: str, sampler: str, steps: int, max_images: int | None) -> dict:
@@ -66,35 +56,21 @@ def figure(data: Path, out: Path, png: Path, n: int = 10) -> None:
                       + ["generated + mask"] * len(picked), ncols=len(picked))
 
 
+def evaluate(args, data: Path, root: Path) -> dict:
+    """Time DDIM-50, DDIM-10 and DDPM-1000 on the real test masks; draw generated beside real images."""
+    runs = [sample(args, data, root, "ddim50", "ddim", 50, None), sample(args, data, root, "ddim10", "ddim", 10, None),
+            sample(args, data, root, "ddpm1000", "ddpm", 1000, args.ddpm_images)]
+    png = BUNDLE / "docs" / "generated_vs_real.png"
+    figure(data, Path(runs[0]["output"]), png)
+    return {"sampling": [{k: v for k, v in r.items() if k != "output"} for r in runs], "figure": str(png.relative_to(REPO))}
+
+
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--minutes", type=float, default=50.0, help="training wall-time budget")
-    p.add_argument("--threads", type=int, default=1, help="CPU threads (two benchmarks can share the 2 cores)")
+    p = parser(__doc__.split("\n\n")[0])
     p.add_argument("--ddpm-images", type=int, default=8, help="slices drawn with full 1000-step DDPM")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--stage", choices=["all", "train", "evaluate"], default="all")
-    p.add_argument("--work", default=str(REPO / "runs" / "bench"), help="working folder (data, checkpoints)")
     args = p.parse_args()
-    work = Path(args.work)
-    data = prepared_acdc(work / "acdc64", 64)
-    root = work / "ddpm_cmr"
-    root.mkdir(parents=True, exist_ok=True)
-    result_path = BUNDLE / "docs" / "benchmark.json"
-    result = json.loads(result_path.read_text()) if result_path.is_file() and args.stage == "evaluate" else {}
-    result.update({"bundle": "ddpm_cmr", "data": "ACDC (../shared/data/acdc), 64x64 CPU preset, seed-0 split: "
-                   "train 50 / val 10 / test 10 patients", "machine": machine(), "threads": args.threads, "seed": args.seed})
-    if args.stage in ("all", "train"):
-        result["training"] = {"budget_minutes": args.minutes, "batch_size": 32, "mask_mode": "concat",
-                              "network": "DiffusionModelUNet (16,32,32), 0.28 M", **train(args, data, root)}
-    if args.stage in ("all", "evaluate"):
-        runs = [sample(args, data, root, "ddim50", "ddim", 50, None), sample(args, data, root, "ddim10", "ddim", 10, None),
-                sample(args, data, root, "ddpm1000", "ddpm", 1000, args.ddpm_images)]
-        png = BUNDLE / "docs" / "generated_vs_real.png"
-        figure(data, Path(runs[0]["output"]), png)
-        result["sampling"] = [{k: v for k, v in r.items() if k != "output"} for r in runs]
-        result["figure"] = str(png.relative_to(REPO))
-    result["finished"] = time.strftime("%Y-%m-%d %H:%M")
-    write_benchmark(result_path, result)
+    training = {"batch_size": 32, "mask_mode": "concat", "network": "DiffusionModelUNet (16,32,32), 0.28 M"}
+    result = run_benchmark(args, BUNDLE, training, evaluate)
     print(json.dumps(result, indent=1)[:3000])
 
 

@@ -20,28 +20,18 @@ bundles/mask_generator/docs/benchmark.json and figures.
 
 from __future__ import annotations
 
-import argparse
 import json
-import time
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
-from cmrsynth.benchmark import REPO, load_section, machine, prepared_acdc, write_benchmark
-from cmrsynth.bundle_run import run_bundle, trainer_progress
+from cmrsynth.benchmark import REPO, load_section, parser, run_benchmark
+from cmrsynth.bundle_run import run_bundle
 from cmrsynth.masks import plausibility, shape_distances, shape_stats
 from cmrsynth.report import save_overlay_grid
 
 BUNDLE = REPO / "bundles" / "mask_generator"
-
-
-def train(args, data: Path, root: Path) -> dict:
-    """Train within the budget (resumes if a checkpoint exists)."""
-    overrides = {"dataset_dir": str(data), "max_epochs": 100000, "max_minutes": args.minutes, "seed": args.seed}
-    seconds = run_bundle(BUNDLE, ["common.yaml", "train.yaml"], root, overrides, log=root / "train.log",
-                         env={"OMP_NUM_THREADS": str(args.threads)})
-    return {"wall_seconds": round(seconds, 1), **trainer_progress(root / "models" / "checkpoint_final.pt")}
 
 
 def evaluate(args, data: Path, root: Path) -> dict:
@@ -80,30 +70,12 @@ def evaluate(args, data: Path, root: Path) -> dict:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--minutes", type=float, default=50.0, help="training wall-time budget")
-    p.add_argument("--threads", type=int, default=1, help="CPU threads (two benchmarks can share the 2 cores)")
+    p = parser(__doc__.split("\n\n")[0])
     p.add_argument("--per-class", type=int, default=20, help="masks per (group, phase)")
     p.add_argument("--steps", type=int, default=50, help="DDIM steps")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--stage", choices=["all", "train", "evaluate"], default="all")
-    p.add_argument("--work", default=str(REPO / "runs" / "bench"), help="working folder (data, checkpoints)")
     args = p.parse_args()
-    work = Path(args.work)
-    data = prepared_acdc(work / "acdc64", 64)
-    root = work / "mask_generator"
-    root.mkdir(parents=True, exist_ok=True)
-    result_path = BUNDLE / "docs" / "benchmark.json"
-    result = json.loads(result_path.read_text()) if result_path.is_file() and args.stage == "evaluate" else {}
-    result.update({"bundle": "mask_generator", "data": "ACDC (../shared/data/acdc), 64x64 CPU preset, seed-0 split: "
-                   "train 50 / val 10 / test 10 patients", "machine": machine(), "threads": args.threads, "seed": args.seed})
-    if args.stage in ("all", "train"):
-        result["training"] = {"budget_minutes": args.minutes, "batch_size": 32, "network": "DiffusionModelUNet (16,32,32), 0.28 M",
-                              **train(args, data, root)}
-    if args.stage in ("all", "evaluate"):
-        result["evaluation"] = evaluate(args, data, root)
-    result["finished"] = time.strftime("%Y-%m-%d %H:%M")
-    write_benchmark(result_path, result)
+    training = {"batch_size": 32, "network": "DiffusionModelUNet (16,32,32), 0.28 M"}
+    result = run_benchmark(args, BUNDLE, training, evaluate)
     print(json.dumps(result, indent=1)[:3000])
 
 

@@ -72,3 +72,53 @@ def write_benchmark(path: str | Path, result: dict) -> None:
         return x
 
     write_json_atomic(path, clean(result))
+
+
+def parser(description: str):
+    """Command-line options shared by the generator benchmarks."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--minutes", type=float, default=50.0, help="training wall-time budget")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads (two benchmarks can share the 2 cores)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--stage", choices=["all", "train", "evaluate"], default="all")
+    p.add_argument("--work", default=str(REPO / "runs" / "bench"), help="working folder (data, checkpoints)")
+    return p
+
+
+def train_bundle(bundle: Path, data: Path, root: Path, minutes: float, seed: int, threads: int) -> dict:
+    """Train a generator bundle on prepared data within a wall-time budget (resuming if a checkpoint exists)."""
+    from cmrsynth.bundle_run import run_bundle, trainer_progress
+
+    overrides = {"dataset_dir": str(data), "max_epochs": 100000, "max_minutes": minutes, "seed": seed}
+    seconds = run_bundle(bundle, ["common.yaml", "train.yaml"], root, overrides, log=root / "train.log",
+                         env={"OMP_NUM_THREADS": str(threads)})
+    return {"wall_seconds": round(seconds, 1), **trainer_progress(root / "models" / "checkpoint_final.pt")}
+
+
+def run_benchmark(args, bundle: Path, training: dict, evaluate) -> dict:
+    """Train and/or evaluate one generator bundle on the benchmark split; write ``docs/benchmark.json``.
+
+    Args:
+        args: parsed ``parser()`` options.
+        bundle: the bundle folder.
+        training: facts about the training setup to record (network, batch size, ...).
+        evaluate: ``evaluate(args, data, root) -> dict`` of measured results.
+    """
+    work = Path(args.work)
+    data = prepared_acdc(work / "acdc64", 64)
+    root = work / bundle.name
+    root.mkdir(parents=True, exist_ok=True)
+    path = bundle / "docs" / "benchmark.json"
+    result = json.loads(path.read_text()) if path.is_file() and args.stage == "evaluate" else {}
+    result.update({"bundle": bundle.name, "data": "ACDC (../shared/data/acdc), 64x64 CPU preset, seed-0 split: "
+                   "train 50 / val 10 / test 10 patients", "machine": machine(), "threads": args.threads, "seed": args.seed})
+    if args.stage in ("all", "train"):
+        result["training"] = {"budget_minutes": args.minutes, **training,
+                              **train_bundle(bundle, data, root, args.minutes, args.seed, args.threads)}
+    if args.stage in ("all", "evaluate"):
+        result["evaluation"] = evaluate(args, data, root)
+    result["finished"] = time.strftime("%Y-%m-%d %H:%M")
+    write_benchmark(path, result)
+    return result

@@ -110,3 +110,15 @@ def test_killed_training_resumes_from_its_last_checkpoint(prepared, tmp_path):
     assert f"Epoch: {killed_at + 1}/12" in log.read_text()
     state = torch.load(tmp_path / "models" / "checkpoint_final.pt", weights_only=False)
     assert set(state) == {"network", "ema", "optimizer", "trainer"}
+
+
+def test_two_process_ddp_training_with_torchrun(prepared, tmp_path):
+    """The multi_gpu_train.yaml overlay under torchrun: 2 processes, gloo on CPU, checkpoints from rank 0."""
+    files = json.dumps([str(IMAGES / "configs" / c) for c in [*TRAIN, "multi_gpu_train.yaml"]])
+    overrides = override_args(_tiny(dataset_dir=str(prepared), max_epochs=2, batch_size=4, max_minutes=10))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "monai.bundle", "run",
+           "--bundle_root", str(tmp_path), "--config_file", files, *overrides]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    assert trainer_progress(tmp_path / "models" / "checkpoint_final.pt")["epoch"] == 2
+    assert "val_mse" in proc.stdout + proc.stderr
