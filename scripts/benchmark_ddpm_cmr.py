@@ -26,7 +26,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from cmrsynth.benchmark import REPO, load_section, parser, run_benchmark
+from cmrsynth.benchmark import REPO, load_section, parser, run_benchmark, validation_losses
 from cmrsynth.bundle_run import run_bundle
 from cmrsynth.report import save_overlay_grid
 
@@ -62,7 +62,8 @@ def evaluate(args, data: Path, root: Path) -> dict:
             sample(args, data, root, "ddpm1000", "ddpm", 1000, args.ddpm_images)]
     png = BUNDLE / "docs" / "generated_vs_real.png"
     figure(data, Path(runs[0]["output"]), png)
-    return {"sampling": [{k: v for k, v in r.items() if k != "output"} for r in runs], "figure": str(png.relative_to(REPO))}
+    return {"sampling": [{k: v for k, v in r.items() if k != "output"} for r in runs], "figure": str(png.relative_to(REPO)),
+            "validation_mse_raw_vs_ema": validation_losses(BUNDLE, data, root)}
 
 
 def main() -> None:

@@ -26,7 +26,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from cmrsynth.benchmark import REPO, load_section, parser, run_benchmark
+from cmrsynth.benchmark import REPO, load_section, parser, run_benchmark, validation_losses
 from cmrsynth.bundle_run import run_bundle
 from cmrsynth.masks import plausibility, shape_distances, shape_stats
 from cmrsynth.report import save_overlay_grid
@@ -66,6 +66,7 @@ def evaluate(args, data: Path, root: Path) -> dict:
         "real_test_plausibility_rate": real_plausible,
         "shape_wasserstein_vs_real_test": shape_distances(real_pairs, gen_pairs),
         "figure": str(figure.relative_to(REPO)),
+        "validation_mse_raw_vs_ema": validation_losses(BUNDLE, data, root),
     }
 
 

@@ -122,3 +122,30 @@ def run_benchmark(args, bundle: Path, training: dict, evaluate) -> dict:
     result["finished"] = time.strftime("%Y-%m-%d %H:%M")
     write_benchmark(path, result)
     return result
+
+
+@torch.no_grad()
+def validation_losses(bundle: Path, data: Path, root: Path, overrides: dict | None = None) -> dict:
+    """Seeded validation MSE of the final raw weights and of their EMA, built from the bundle's own configs.
+
+    Both are scored on the same noise and timesteps (the validation prepare-batch restarts its seed), so the
+    difference says whether the EMA helps.
+    """
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(bundle / "configs" / c) for c in ("common.yaml", "train.yaml")])
+    parser.update({"bundle_root": str(root), "dataset_dir": str(data), "device": "$torch.device('cpu')", **(overrides or {})})
+    state = torch.load(root / "models" / "checkpoint_final.pt", map_location="cpu", weights_only=False)
+    network, ema = parser.get_parsed_content("network"), parser.get_parsed_content("ema")
+    network.load_state_dict(state["network"])
+    ema.load_state_dict(state["ema"])
+    loader = parser.get_parsed_content("validate#dataloader")
+    prepare = parser.get_parsed_content("validate#prepare_batch")
+    result = {}
+    for name, model in (("raw", network), ("ema", ema.module)):
+        model.eval()
+        prepare.reset()
+        errors = [((model(x_t, **kw) - target) ** 2).mean().item() for x_t, target, _, kw in map(prepare, loader)]
+        result[name] = float(np.mean(errors))
+    return result

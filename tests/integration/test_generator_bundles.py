@@ -21,6 +21,7 @@ import pytest
 import torch
 from monai.data import load_decathlon_datalist
 
+from cmrsynth.benchmark import validation_losses
 from cmrsynth.bundle_run import override_args, run_bundle, trainer_progress
 from cmrsynth.data.acdc import read_acdc
 from cmrsynth.data.prepare import PrepareConfig, prepare_cohort
@@ -57,6 +58,9 @@ def test_masks_then_images_chain(prepared, tmp_path):
                                         condition_dropout=0.2))
     run_bundle(IMAGES, INFER, dd, _tiny(mask_datalist=str(mg / "eval" / "masks" / "datalist.json"),
                                         num_inference_steps=3, class_conditional=True, guidance_scale=2.0))
+    losses = validation_losses(IMAGES, prepared, dd, {k: v for k, v in TINY.items() if k != "batch_size"}
+                               | {"class_conditional": True})
+    assert set(losses) == {"raw", "ema"} and all(0 < v < 10 for v in losses.values())
     out = dd / "eval" / "images"
     items = load_decathlon_datalist(str(out / "datalist.json"), True, "training")  # what seg_utility reads
     assert len(items) == 10 and all(i["image"].endswith(".nii.gz") for i in items)
@@ -75,7 +79,8 @@ def test_training_is_tracked_in_mlflow(prepared, tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    run_bundle(MASKS, TRAIN, tmp_path, _tiny(dataset_dir=str(prepared), max_epochs=1), extra_args=["--tracking", "mlflow"],
+    run_bundle(MASKS, TRAIN, tmp_path, _tiny(dataset_dir=str(prepared), max_epochs=1, groups=[]),  # unconditional
+               extra_args=["--tracking", "mlflow"],
                env={"MLFLOW_TRACKING_URI": ""})
     client = MlflowClient(f"sqlite:///{tmp_path / 'eval' / 'mlflow.db'}")
     [exp] = [e for e in client.search_experiments() if e.name == "mask_generator"]
