@@ -16,7 +16,10 @@ __version__ = "0.1.0"
 
 import importlib
 
-_SUBMODULES = ("data", "engines", "errors", "generate", "labels", "masks", "metrics", "report", "tracking", "transforms")
+_SUBMODULES = (
+    "benchmark", "bundle_run", "data", "engines", "errors", "generate", "labels", "masks", "metrics", "report", "segment",
+    "tracking", "transforms",
+)
 
 
 def __getattr__(name: str):
