@@ -97,6 +97,26 @@ def train_bundle(bundle: Path, data: Path, root: Path, minutes: float, seed: int
     return {"wall_seconds": round(seconds, 1), **trainer_progress(root / "models" / "checkpoint_final.pt")}
 
 
+def training_facts(root: Path) -> dict:
+    """Steps from the final checkpoint; wall time and validation curve from the bundle's own ``train.log``."""
+    import re
+    from datetime import datetime
+
+    from cmrsynth.bundle_run import trainer_progress
+
+    stamps, curve = [], []
+    for line in (root / "train.log").read_text().splitlines():
+        m = re.match(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),\d+ - INFO - (Epoch: |Epoch\[(\d+)\] Metrics -- val_mse: ([\d.]+))", line)
+        if m:
+            stamps.append(datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S"))
+            if m.group(3):
+                curve.append({"epoch": int(m.group(3)), "val_mse_ema": float(m.group(4))})
+    progress = trainer_progress(root / "models" / "checkpoint_final.pt")
+    wall = (stamps[-1] - stamps[0]).total_seconds() if stamps else float("nan")
+    return {**progress, "training_wall_seconds": wall, "seconds_per_step": wall / max(progress["iteration"], 1),
+            "validation_curve": curve}
+
+
 def run_benchmark(args, bundle: Path, training: dict, evaluate) -> dict:
     """Train and/or evaluate one generator bundle on the benchmark split; write ``docs/benchmark.json``.
 
@@ -117,6 +137,10 @@ def run_benchmark(args, bundle: Path, training: dict, evaluate) -> dict:
     if args.stage in ("all", "train"):
         result["training"] = {"budget_minutes": args.minutes, **training,
                               **train_bundle(bundle, data, root, args.minutes, args.seed, args.threads)}
+    if "training" in result or args.stage in ("all", "train"):
+        result["training"].update(training_facts(root))
+    elif (root / "train.log").is_file():
+        result["training"] = {"budget_minutes": args.minutes, **training, **training_facts(root)}
     if args.stage in ("all", "evaluate"):
         result["evaluation"] = evaluate(args, data, root)
     result["finished"] = time.strftime("%Y-%m-%d %H:%M")
