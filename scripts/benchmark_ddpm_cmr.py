@@ -70,7 +70,7 @@ def main() -> None:
     p = parser(__doc__.split("\n\n")[0])
     p.add_argument("--ddpm-images", type=int, default=8, help="slices drawn with full 1000-step DDPM")
     args = p.parse_args()
-    training = {"batch_size": 32, "mask_mode": "concat", "network": "DiffusionModelUNet (16,32,32), 0.28 M"}
+    training = {"batch_size": 16, "mask_mode": "concat", "network": "DiffusionModelUNet (16,32,32), 0.28 M"}
     result = run_benchmark(args, BUNDLE, training, evaluate)
     print(json.dumps(result, indent=1)[:3000])
 

@@ -75,7 +75,7 @@ def main() -> None:
     p.add_argument("--per-class", type=int, default=20, help="masks per (group, phase)")
     p.add_argument("--steps", type=int, default=50, help="DDIM steps")
     args = p.parse_args()
-    training = {"batch_size": 32, "network": "DiffusionModelUNet (16,32,32), 0.28 M"}
+    training = {"batch_size": 16, "network": "DiffusionModelUNet (16,32,32), 0.28 M"}
     result = run_benchmark(args, BUNDLE, training, evaluate)
     print(json.dumps(result, indent=1)[:3000])
 

@@ -41,18 +41,31 @@ def _batch(n=4, size=16):
 
 
 class OracleDenoiser(torch.nn.Module):
-    """Knows the single data point x0: eps(x_t, t) = (x_t - sqrt(abar_t) x0) / sqrt(1 - abar_t)."""
+    """Knows the single data point x0 and answers in the scheduler's prediction type.
+
+    eps(x_t, t) = (x_t - sqrt(abar_t) x0) / sqrt(1 - abar_t); v = sqrt(abar_t) eps - sqrt(1 - abar_t) x0.
+    """
 
     def __init__(self, x0, scheduler):
         super().__init__()
-        self.x0, self.abar = x0, scheduler.alphas_cumprod
+        self.x0, self.abar, self.kind = x0, scheduler.alphas_cumprod, scheduler.prediction_type
 
     def forward(self, x, t, mask=None, class_labels=None):
         abar = self.abar[t].view(-1, 1, 1, 1)
-        return (x - abar.sqrt() * self.x0) / (1 - abar).sqrt()
+        eps = (x - abar.sqrt() * self.x0) / (1 - abar).sqrt()
+        if self.kind == "sample":
+            return self.x0.expand_as(x)
+        if self.kind == "v_prediction":
+            return abar.sqrt() * eps - (1 - abar).sqrt() * self.x0
+        return eps
 
 
-@pytest.mark.parametrize("scheduler, steps", [(DDPMScheduler(1000), None), (DDIMScheduler(1000), 50), (DDIMScheduler(1000), 10)])
+SAMPLERS = [(DDPMScheduler(1000), None), (DDIMScheduler(1000), 50), (DDIMScheduler(1000), 10),
+            (DDPMScheduler(1000, prediction_type="v_prediction"), None), (DDIMScheduler(1000, prediction_type="v_prediction"), 20),
+            (DDIMScheduler(1000, prediction_type="sample"), 20)]
+
+
+@pytest.mark.parametrize("scheduler, steps", SAMPLERS)
 def test_oracle_denoiser_recovers_the_data_point(scheduler, steps):
     x0 = torch.rand((2, 1, 8, 8), generator=torch.Generator().manual_seed(1)) * 1.6 - 0.8
     noise = torch.randn((2, 1, 8, 8), generator=torch.Generator().manual_seed(2))
@@ -83,6 +96,26 @@ def test_prepare_batch_noises_with_the_ddpm_formula():
     torch.testing.assert_close(kwargs["mask"], batch["label"])
 
 
+@pytest.mark.parametrize("kind", ["sample", "v_prediction"])
+def test_prepare_batch_targets_of_other_prediction_types(kind):
+    scheduler = DDPMScheduler(1000)
+    prep = DenoisingPrepareBatch(scheduler, seed=7, prediction_type=kind)
+    batch = _batch()
+    _, target, _, _ = prep(batch)
+    prep.reset()
+    noise, t = prep.get_noise(batch["image"]), prep.get_timesteps(batch["image"])
+    abar = scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
+    expected = batch["image"] if kind == "sample" else abar.sqrt() * noise - (1 - abar).sqrt() * batch["image"]
+    torch.testing.assert_close(target, expected)
+
+
+def test_prepare_batch_strips_metatensor():
+    from monai.data import MetaTensor
+
+    x_t, target, _, kw = DenoisingPrepareBatch(DDPMScheduler(10), mask_key="label")({k: MetaTensor(v) for k, v in _batch().items()})
+    assert all(type(x) is torch.Tensor for x in (x_t, target, kw["mask"]))
+
+
 def test_seeded_prepare_batch_repeats_after_reset_and_differs_without_seed():
     prep = DenoisingPrepareBatch(DDPMScheduler(1000), seed=3)
     a = prep(_batch())[0]
@@ -107,6 +140,8 @@ def test_prepare_batch_errors():
         DenoisingPrepareBatch(DDPMScheduler(10), condition_dropout=1.5)
     with pytest.raises(ValueError, match="needs null_class"):
         DenoisingPrepareBatch(DDPMScheduler(10), class_key="class", condition_dropout=0.1)
+    with pytest.raises(ValueError, match="prediction_type must be one of"):
+        DenoisingPrepareBatch(DDPMScheduler(10), prediction_type="x0")
 
 
 @pytest.mark.parametrize("mode", ["concat", "spade", "none"])

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+from monai.data import MetaTensor
 from monai.engines.utils import PrepareBatch
 from monai.networks.nets import SPADEDiffusionModelUNet
 
@@ -69,8 +70,22 @@ class ConditionalDenoiser(nn.Module):
         return self.network(x, timesteps, class_labels=class_labels)
 
 
+PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+
+
+def plain_tensor(x, device=None, non_blocking: bool = False) -> torch.Tensor:
+    """A float ``torch.Tensor`` on ``device``, stripped of MONAI metadata.
+
+    A MetaTensor fed to a network routes every operation through ``__torch_function__`` to carry metadata that
+    means nothing to a denoiser.
+    """
+    if isinstance(x, MetaTensor):
+        x = x.as_tensor()
+    return torch.as_tensor(x).to(device=device, non_blocking=non_blocking).float()
+
+
 class DenoisingPrepareBatch(PrepareBatch):
-    """Prepare a DDPM training batch: x_t, the eps target, timesteps and (dropped-out) conditions.
+    """Prepare a DDPM training batch: x_t, the regression target, timesteps and (dropped-out) conditions.
 
     Classifier-free guidance (Ho & Salimans 2022) trains one network for both the conditional and the
     unconditional case: with probability ``condition_dropout`` a sample's class becomes ``null_class`` and its
@@ -85,6 +100,8 @@ class DenoisingPrepareBatch(PrepareBatch):
         null_class: class index meaning "no class" (the last embedding).
         seed: draw noise and timesteps from a generator with this seed, restarted whenever the attached
             engine starts a run, so a validation loss compares like with like; None for fresh randomness.
+        prediction_type: what the network regresses, as the scheduler's ``prediction_type``: ``epsilon``
+            (the noise), ``sample`` (x0) or ``v_prediction`` (v = sqrt(a) eps - sqrt(1 - a) x0).
 
     References:
         Ho et al., Denoising Diffusion Probabilistic Models, NeurIPS 2020, Eq. (4) and (14).
@@ -99,13 +116,17 @@ class DenoisingPrepareBatch(PrepareBatch):
         condition_dropout: float = 0.0,
         null_class: int | None = None,
         seed: int | None = None,
+        prediction_type: str = "epsilon",
     ):
+        if prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
         if not 0.0 <= condition_dropout < 1.0:
             raise ValueError(f"condition_dropout must be in [0, 1), got {condition_dropout}")
         if condition_dropout > 0 and class_key is not None and null_class is None:
             raise ValueError("condition_dropout on classes needs null_class (the unconditional class index)")
         self.scheduler, self.image_key, self.mask_key, self.class_key = scheduler, image_key, mask_key, class_key
         self.condition_dropout, self.null_class, self.seed = condition_dropout, null_class, seed
+        self.prediction_type = prediction_type
         self.generator: torch.Generator | None = None
         self.reset()
 
@@ -129,7 +150,11 @@ class DenoisingPrepareBatch(PrepareBatch):
         return t.to(images.device)
 
     def get_target(self, images: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        """The regression target: eps (epsilon prediction)."""
+        """The regression target of ``prediction_type``: eps, x0 or v."""
+        if self.prediction_type == "sample":
+            return images
+        if self.prediction_type == "v_prediction":
+            return self.scheduler.get_velocity(images, noise, timesteps)
         return noise
 
     def _keep(self, n: int, device) -> torch.Tensor:
@@ -137,14 +162,14 @@ class DenoisingPrepareBatch(PrepareBatch):
 
     def __call__(self, batchdata: Mapping, device=None, non_blocking: bool = False, **kwargs):
         """Return (x_t, target, (), {"timesteps", "mask", "class_labels"}) for the trainer's inferer."""
-        x0 = batchdata[self.image_key].to(device=device, non_blocking=non_blocking).float()
+        x0 = plain_tensor(batchdata[self.image_key], device, non_blocking)
         noise, timesteps = self.get_noise(x0), self.get_timesteps(x0)
         x_t = self.scheduler.add_noise(original_samples=x0, noise=noise, timesteps=timesteps)
         target = self.get_target(x0, noise, timesteps)
         conditions: dict[str, torch.Tensor] = {"timesteps": timesteps}
         keep = self._keep(x0.shape[0], x0.device) if self.condition_dropout > 0 else None
         if self.mask_key is not None:
-            mask = batchdata[self.mask_key].to(device=device, non_blocking=non_blocking).float()
+            mask = plain_tensor(batchdata[self.mask_key], device, non_blocking)
             conditions["mask"] = mask if keep is None else mask * keep.view(-1, 1, 1, 1)
         if self.class_key is not None:
             labels = torch.as_tensor(batchdata[self.class_key]).to(device=x0.device).long().view(-1)
