@@ -66,3 +66,60 @@ def test_dice_per_structure():
     b[0] = 2
     d = dice_per_structure(b, a)
     assert d["lv"] == pytest.approx(2 * 4 / 12) and d["myo"] == 0.0 and np.isnan(d["rv"])
+
+
+def _segmenter():
+    from monai.networks.nets import DynUNet
+
+    torch.manual_seed(0)
+    return DynUNet(2, 1, 4, kernel_size=[3, 3, 3], strides=[1, 2, 2], upsample_kernel_size=[2, 2], filters=[4, 8, 16])
+
+
+def test_pooled_features_take_the_bottleneck_and_separate_different_images():
+    from cmrsynth.metrics.fidelity import pooled_features
+
+    net = _segmenter()
+    rng = np.random.default_rng(0)
+    smooth = np.zeros((6, 16, 16), np.float32) + rng.normal(0, 0.01, (6, 16, 16)).astype(np.float32)
+    noisy = rng.normal(0, 1, (6, 16, 16)).astype(np.float32)
+    a, b = pooled_features(net, smooth), pooled_features(net, noisy)
+    assert a.shape == (6, 16) and b.shape == (6, 16)
+    np.testing.assert_allclose(pooled_features(net, smooth, batch_size=4), a, rtol=1e-5, atol=1e-6)  # batching-invariant
+    assert frechet_distance(a, b) > 10 * frechet_distance(a, pooled_features(net, smooth + 1e-3))
+    with pytest.raises(ValueError, match="no submodule 'encoder'"):
+        pooled_features(net, smooth, layer="encoder")
+
+
+class _FakeInception(torch.nn.Module):
+    def forward(self, x: torch.Tensor, return_features: bool = False) -> torch.Tensor:
+        assert x.dtype == torch.uint8 and x.shape[1:] == (3, 299, 299)
+        return x.float().mean((2, 3))
+
+
+def test_torchscript_features_feed_uint8_rgb_and_name_a_missing_file(tmp_path):
+    from cmrsynth.metrics.fidelity import torchscript_features
+
+    path = tmp_path / "inception.pt"
+    torch.jit.script(_FakeInception()).save(str(path))
+    images = np.stack([np.full((16, 16), -1.0), np.full((16, 16), 1.0), np.zeros((16, 16))]).astype(np.float32)
+    f = torchscript_features(str(path), images, batch_size=2)
+    np.testing.assert_allclose(f[:, 0], [0.0, 255.0, 128.0], rtol=1e-5)  # [-1, 1] -> 0..255, three equal channels
+    with pytest.raises(FileNotFoundError, match="missing.pt: Inception TorchScript file not found"):
+        torchscript_features(str(tmp_path / "missing.pt"), images)
+
+
+def test_score_generator_separates_real_from_noise():
+    from cmrsynth.segment import score_generator
+
+    rng = np.random.default_rng(0)
+    masks = np.zeros((12, 32, 32), np.uint8)  # MS-SSIM (diversity) needs more than 24 pixels a side
+    masks[:, 8:24, 8:24] = 2
+    masks[:, 12:20, 12:20] = 3
+    real = (masks / 3.0 * 2 - 1 + rng.normal(0, 0.05, masks.shape)).astype(np.float32)
+    net = _segmenter()
+    same = score_generator(net, real, masks, real.copy(), masks, paired_real=real)
+    noise = score_generator(net, real, masks, rng.uniform(-1, 1, real.shape).astype(np.float32), masks, paired_real=real)
+    assert same["fd_seg"] < 1e-6 < noise["fd_seg"]
+    assert same["paired"]["ssim"] == pytest.approx(1.0, abs=1e-4) and noise["paired"]["ssim"] < 0.5
+    assert set(same["mask_faithfulness"]) == {"rv", "myo", "lv"} and same["mask_faithfulness"] == same["real_dice"]
+    assert "paired" not in score_generator(net, real, masks, real, masks)

@@ -24,6 +24,7 @@ import torch
 
 from cmrsynth.data.acdc import read_acdc
 from cmrsynth.data.atomic import write_json_atomic
+from cmrsynth.data.datalist import load_section  # noqa: F401 (re-exported for the benchmark scripts)
 from cmrsynth.data.prepare import PrepareConfig, prepare_cohort
 
 REPO = Path(__file__).resolve().parents[2]
@@ -47,17 +48,6 @@ def machine() -> dict:
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
     }
-
-
-def load_section(prepared: str | Path, section: str) -> list[dict]:
-    """Entries of a prepared datalist section, with their label arrays under ``"mask"`` and images under ``"array"``."""
-    prepared = Path(prepared)
-    entries = json.loads((prepared / "datalist.json").read_text())[section]
-    for e in entries:
-        e["mask"] = np.asanyarray(nib.load(prepared / e["label"]).dataobj)
-        if "image" in e:
-            e["array"] = np.asanyarray(nib.load(prepared / e["image"]).dataobj)
-    return entries
 
 
 def write_benchmark(path: str | Path, result: dict) -> None:

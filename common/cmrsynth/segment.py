@@ -156,3 +156,111 @@ def write_composed_datalist(sources: Sequence[Mapping], path: str | Path, seed: 
 def load_metrics(path: str | Path) -> dict:
     """Read a metrics.json written by evaluate_segmenter."""
     return json.loads(Path(path).read_text())
+
+
+def _mean_dice(network: torch.nn.Module, images: np.ndarray, masks: np.ndarray, device, batch_size: int = 64) -> dict:
+    """Mean Dice per structure of the segmenter's predictions on images against masks (NaN slices skipped)."""
+    from cmrsynth.metrics.fidelity import dice_per_structure
+
+    network.eval()
+    scores = []
+    with torch.no_grad():
+        for i in range(0, len(images), batch_size):
+            x = torch.as_tensor(images[i:i + batch_size], dtype=torch.float32)[:, None].to(device)
+            pred = network(x).argmax(1).cpu().numpy()
+            scores += [dice_per_structure(p, m) for p, m in zip(pred, masks[i:i + batch_size])]
+    return {k: float(np.nanmean([s[k] for s in scores])) for k in scores[0]}
+
+
+def score_generator(
+    network: torch.nn.Module,
+    real_images: np.ndarray,
+    real_masks: np.ndarray,
+    synthetic_images: np.ndarray,
+    synthetic_masks: np.ndarray,
+    paired_real: np.ndarray | None = None,
+    device: str | torch.device = "cpu",
+    inception: str | None = None,
+    seed: int = 0,
+) -> dict:
+    """Fidelity of a generator's images, scored with a segmenter trained on real data.
+
+    - ``fd_seg`` / ``kid_seg``: Fréchet distance and KID on the segmenter's pooled bottleneck features (not
+      Inception FID; comparable only between runs scored with the same segmenter); ``fid_inception`` too when
+      ``inception`` names a local TorchScript file.
+    - ``mask_faithfulness``: the segmenter's Dice on synthetic images against their conditioning masks, beside
+      ``real_dice`` (its Dice on the real images: the ceiling).
+    - ``diversity``: mean pairwise MS-SSIM within the synthetic set and within the real set (collapse check).
+    - ``paired``: SSIM, MS-SSIM, PSNR against ``paired_real`` (real images of the same masks), if given.
+
+    Images are (N, H, W) in [-1, 1]; masks (N, H, W) canonical labels.
+    """
+    from cmrsynth.metrics.fidelity import diversity, frechet_distance, kernel_distance, paired_metrics, pooled_features
+
+    real_f = pooled_features(network, real_images, device=device)
+    syn_f = pooled_features(network, synthetic_images, device=device)
+    kid, kid_sd = kernel_distance(real_f, syn_f, seed=seed)
+    result = {
+        "n_real": len(real_images), "n_synthetic": len(synthetic_images),
+        "fd_seg": frechet_distance(real_f, syn_f), "kid_seg": kid, "kid_seg_sd": kid_sd,
+        "mask_faithfulness": _mean_dice(network, synthetic_images, synthetic_masks, device),
+        "real_dice": _mean_dice(network, real_images, real_masks, device),
+        "diversity": {"synthetic": diversity(synthetic_images, seed=seed), "real": diversity(real_images, seed=seed)},
+    }
+    if inception:
+        from cmrsynth.metrics.fidelity import torchscript_features
+
+        result["fid_inception"] = frechet_distance(torchscript_features(inception, real_images),
+                                                   torchscript_features(inception, synthetic_images))
+    if paired_real is not None:
+        result["paired"] = paired_metrics(synthetic_images, paired_real)
+    return result
+
+
+def score_generator_files(
+    network: torch.nn.Module,
+    real_datalist: str | Path,
+    synthetic_datalist: str | Path,
+    out_dir: str | Path,
+    real_key: str = "test",
+    synthetic_key: str = "training",
+    device: str | torch.device = "cpu",
+    inception: str | None = None,
+    seed: int = 0,
+) -> dict:
+    """``score_generator`` on files; writes ``fidelity.json`` to ``out_dir``.
+
+    Paired metrics are computed when the synthetic set was drawn from the same real datalist section (its
+    private ``provenance.json`` links every synthetic image to the index of its source mask).
+    """
+    from cmrsynth.data.atomic import write_json_atomic
+    from cmrsynth.data.datalist import load_section
+
+    real = load_section(real_datalist, real_key)
+    syn = load_section(synthetic_datalist, synthetic_key)
+    if not real or not syn:
+        raise CMRDataError(Path(real_datalist if not real else synthetic_datalist), "no slices to score")
+    real_images, real_masks = np.stack([e["array"] for e in real]), np.stack([e["mask"] for e in real])
+    syn_images, syn_masks = np.stack([e["array"] for e in syn]), np.stack([e["mask"] for e in syn])
+    if real_images.shape[1:] != syn_images.shape[1:]:
+        raise CMRDataError(Path(synthetic_datalist), f"slices are {syn_images.shape[1:]}, real ones {real_images.shape[1:]}")
+    paired = _paired_real(Path(real_datalist), real_key, Path(synthetic_datalist), syn, real_images)
+    result = score_generator(network, real_images, real_masks, syn_images, syn_masks, paired, device, inception, seed)
+    result.update({"real_datalist": str(real_datalist), "real_key": real_key, "synthetic_datalist": str(synthetic_datalist),
+                   "features": "real-trained segmenter bottleneck (pooled); not Inception"})
+    write_json_atomic(Path(out_dir) / "fidelity.json", result)
+    return result
+
+
+def _paired_real(real_datalist: Path, real_key: str, synthetic_datalist: Path, syn: list[dict], real_images: np.ndarray):
+    """Real images matching each synthetic image's source mask, or None when the set was not drawn from them."""
+    real_json = real_datalist / "datalist.json" if real_datalist.is_dir() else real_datalist
+    syn_json = synthetic_datalist / "datalist.json" if synthetic_datalist.is_dir() else synthetic_datalist
+    prov_path = syn_json.parent / "provenance.json"
+    if not prov_path.is_file():
+        return None
+    prov = json.loads(prov_path.read_text())
+    links = [prov.get(e.get("synthetic_id"), {}) for e in syn]
+    same = all(Path(p.get("mask_datalist", "")).resolve() == real_json.resolve() and p.get("mask_key") == real_key
+               for p in links)
+    return np.stack([real_images[p["index"]] for p in links]) if same else None

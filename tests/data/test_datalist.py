@@ -48,3 +48,23 @@ def test_datalist_errors_name_the_problem(tmp_path):
         read_datalist_cohort(_datalist(tmp_path, [{"image": "x.nii.gz"}]))
     with pytest.raises(CMRDataError, match="has no 'image'"):
         read_datalist_cohort(_datalist(tmp_path, [{"label": "x.nii.gz"}]))
+
+
+def test_load_section_reads_arrays_and_names_a_missing_section(tmp_path):
+    import json
+
+    import numpy as np
+
+    from cmrsynth.data.datalist import load_section
+    from cmrsynth.data.nifti import save_slice
+
+    save_slice(tmp_path / "m.nii.gz", np.eye(4, dtype=np.uint8) * 3, (1.0, 1.0, 1.0), np.uint8)
+    save_slice(tmp_path / "i.nii.gz", np.ones((4, 4), np.float32), (1.0, 1.0, 1.0))
+    (tmp_path / "datalist.json").write_text(json.dumps({"test": [{"image": "i.nii.gz", "label": "m.nii.gz"}]}))
+    (entry,) = load_section(tmp_path, "test")
+    assert entry["mask"].dtype == np.uint8 and entry["mask"][1, 1] == 3 and entry["array"].sum() == 16
+    with pytest.raises(CMRDataError, match="no 'training' section"):
+        load_section(tmp_path / "datalist.json", "training")
+    (tmp_path / "m.nii.gz").write_bytes(b"\x1f\x8b broken")
+    with pytest.raises(CMRDataError, match="m.nii.gz: (corrupt|not a readable NIfTI)"):
+        load_section(tmp_path, "test")

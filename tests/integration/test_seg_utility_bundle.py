@@ -55,6 +55,8 @@ def test_train_evaluate_segment_export(prepared, tmp_path):
     assert {"ED/dice_lv", "ES/hd95_rv", "lv_ef_error", "myo_mass_error"} <= set(metrics["summary"])
     assert (tmp_path / "eval" / "evaluation" / "predictions.png").is_file()
 
+    _check_fidelity(real, tmp_path)
+
     run_bundle(BUNDLE, ["common.yaml", "inference.yaml"], tmp_path, {"datalist": real, "datalist_key": "test"})
     written = sorted((tmp_path / "eval" / "predictions").glob("*_seg.nii.gz"))
     assert len(written) == metrics["slices"]
@@ -75,3 +77,28 @@ def test_train_evaluate_segment_export(prepared, tmp_path):
     x = torch.randn(2, 1, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(scripted(x), eager(x), atol=1e-5, rtol=1e-4)
+
+
+def _check_fidelity(real: str, root):
+    """fidelity.yaml scores an (untrained) generator's images of the real test masks far worse than the real images."""
+    from monai.networks.nets import DiffusionModelUNet
+    from monai.networks.schedulers import DDIMScheduler
+
+    from cmrsynth.engines import ConditionalDenoiser
+    from cmrsynth.generate import generate_images
+
+    torch.manual_seed(0)
+    untrained = ConditionalDenoiser(DiffusionModelUNet(2, 5, 1, channels=(8, 8), attention_levels=(False, False),
+                                                       num_res_blocks=1, norm_num_groups=8))
+    generate_images(untrained, DDIMScheduler(1000), real, root / "untrained", mask_key="test", num_inference_steps=2)
+    scores = {}
+    for name, synthetic, key in (("untrained", root / "untrained" / "datalist.json", "training"), ("real", real, "test")):
+        run_bundle(BUNDLE, ["common.yaml", "fidelity.yaml"], root,
+                   {"real_datalist": real, "synthetic_datalist": str(synthetic), "synthetic_key": key,
+                    "fidelity_dir": str(root / "fidelity" / name)})
+        scores[name] = json.loads((root / "fidelity" / name / "fidelity.json").read_text())
+    assert scores["untrained"]["paired"]["ssim"] < 0.5  # paired through provenance.json with the real test slices
+    assert "paired" not in scores["real"]
+    assert scores["real"]["fd_seg"] < 1e-6 < scores["untrained"]["fd_seg"]
+    assert scores["real"]["mask_faithfulness"] == scores["real"]["real_dice"]
+    assert scores["untrained"]["features"].endswith("not Inception")

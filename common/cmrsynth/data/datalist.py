@@ -35,6 +35,30 @@ def load_json(path: str | Path) -> dict:
         raise CMRDataError(path, f"invalid JSON ({exc})") from None
 
 
+def load_section(datalist: str | Path, section: str) -> list[dict]:
+    """Entries of one datalist section with their arrays: labels under ``"mask"``, images under ``"array"``.
+
+    ``datalist`` is the JSON file or the folder holding ``datalist.json``; paths resolve against its folder.
+
+    Raises:
+        CMRDataError: a missing file or section, or an unreadable NIfTI.
+    """
+    from cmrsynth.data.nifti import load_array
+
+    path = Path(datalist)
+    path = path / "datalist.json" if path.is_dir() else path
+    data = load_json(path)
+    if section not in data:
+        raise CMRDataError(path, f"no {section!r} section; sections are {sorted(data)}")
+    entries = [dict(e) for e in data[section]]
+    for e in entries:
+        if "label" in e:
+            e["mask"] = load_array(path.parent / e["label"])
+        if "image" in e:
+            e["array"] = load_array(path.parent / e["image"])
+    return entries
+
+
 def read_datalist_cohort(
     path: str | Path, key: str = "training", label_convention: str = "acdc"
 ) -> list[PatientRecord]:

@@ -47,6 +47,15 @@ def read_spacing(path: str | Path) -> tuple[float, float, float]:
     return zooms[0], zooms[1], zooms[2]
 
 
+def load_array(path: str | Path) -> np.ndarray:
+    """The voxel array of a NIfTI file as stored (no scaling to float), with the same clear errors."""
+    image = _open(path)
+    try:
+        return np.asanyarray(image.dataobj)
+    except Exception as exc:
+        raise _read_error(Path(path), exc) from None
+
+
 def load_volume(path: str | Path, time_index: int | None = None) -> tuple[np.ndarray, tuple[float, float, float]]:
     """Load a short-axis volume as a 3D array (x, y, slice) with its voxel spacing in mm.
 

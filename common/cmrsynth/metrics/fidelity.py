@@ -10,9 +10,9 @@
 # limitations under the License.
 """Fidelity metrics that need no downloaded weights.
 
-- Fréchet distance and KID on features of an encoder the product trains itself (e.g. the real-only segmenter's
-  pooled bottleneck). This is **not** Inception FID: numbers are comparable only between runs that use the
-  same encoder. Inception FID is possible with a local weights file.
+- Fréchet distance and KID on features of an encoder the product trains itself (``pooled_features``: the
+  real-only segmenter's pooled bottleneck). This is **not** Inception FID: numbers are comparable only between
+  runs that use the same encoder. Inception FID with a local TorchScript weights file (``torchscript_features``).
 - Paired metrics between images generated from real masks and the real images: SSIM, MS-SSIM, PSNR.
 - Diversity: mean pairwise MS-SSIM among generated images (high means collapse).
 - Dice per structure, for mask faithfulness (a real-trained segmenter's prediction on a generated image
@@ -33,6 +33,63 @@ from cmrsynth.labels import STRUCTURES
 #: MS-SSIM scale weights for 64x64 slices: the first three of Wang et al.'s five, renormalised (five scales need
 #: images larger than 160 pixels with an 11-pixel window).
 MS_SSIM_WEIGHTS_3 = tuple(w / sum((0.0448, 0.2856, 0.3001)) for w in (0.0448, 0.2856, 0.3001))
+
+
+@torch.no_grad()
+def pooled_features(network: torch.nn.Module, images, layer: str = "bottleneck", batch_size: int = 64,
+                    device: str | torch.device = "cpu") -> np.ndarray:
+    """Features of ``images`` for Fréchet distance / KID: the named layer's output, averaged over space.
+
+    The default suits MONAI ``DynUNet`` (its ``bottleneck`` block); with the real-only segmenter this is the
+    product's own encoder, trained on real cardiac MRI without any downloaded weights.
+
+    Args:
+        network: a trained network with a submodule called ``layer``.
+        images: (N, 1, H, W) or (N, H, W) in the network's input range.
+
+    Returns:
+        (N, C) float64 features.
+    """
+    module = dict(network.named_modules()).get(layer)
+    if module is None:
+        raise ValueError(f"{type(network).__name__} has no submodule {layer!r} to take features from")
+    captured: list[torch.Tensor] = []
+    hook = module.register_forward_hook(lambda _m, _i, out: captured.append(out.flatten(2).mean(2).cpu()))
+    try:
+        network.eval()
+        x = _as_images(images)
+        for i in range(0, len(x), batch_size):
+            network(x[i:i + batch_size].to(device))
+    finally:
+        hook.remove()
+    return torch.cat(captured).double().numpy()
+
+
+@torch.no_grad()
+def torchscript_features(path: str, images, batch_size: int = 32, size: int = 299) -> np.ndarray:
+    """Features from a local TorchScript Inception file, for a true Inception FID when one is at hand.
+
+    The file must map uint8 images (N, 3, size, size) to (N, D) features, as the ``inception-2015-12-05.pt``
+    TorchScript file used by StyleGAN2-ADA and clean-fid does. Grey slices in [-1, 1] are resized bilinearly,
+    repeated to three channels and quantised to 0..255. Nothing is downloaded: without the file, use
+    ``pooled_features``.
+    """
+    from pathlib import Path
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: Inception TorchScript file not found (nothing is downloaded)")
+    model = torch.jit.load(path, map_location="cpu").eval()
+    x = _as_images(images)
+    out = []
+    for i in range(0, len(x), batch_size):
+        b = torch.nn.functional.interpolate(x[i:i + batch_size], size=(size, size), mode="bilinear", align_corners=False)
+        b = ((b.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).repeat(1, 3, 1, 1)
+        try:
+            f = model(b, return_features=True)
+        except (RuntimeError, TypeError):  # a plain feature extractor without that keyword
+            f = model(b)
+        out.append(f.reshape(len(b), -1).double())
+    return torch.cat(out).numpy()
 
 
 def _check_features(a: np.ndarray, b: np.ndarray) -> None:
