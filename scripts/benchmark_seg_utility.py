@@ -8,16 +8,18 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""Benchmark of synthetic-data utility on real ACDC (CPU preset, 64x64): seg_utility trained per mode, scored on
-the 10 real test patients per patient volume.
+"""Benchmark of synthetic-data utility and fidelity on real ACDC (CPU preset, 64x64): seg_utility trained per mode,
+scored on the 10 real test patients per patient volume; each generator scored with the real-only segmenter.
 
-Modes (select with --modes; results merge into bundles/seg_utility/docs/benchmark.json, which records what ran):
-- real: the 50 real train patients (baseline)
-- synthetic: synthetic images only (ddpm_cmr on mask_generator masks)
+Needs the generator benchmarks' trained bundles in the same --work folder (scripts/benchmark_mask_generator.py,
+scripts/benchmark_ddpm_cmr.py). Modes (--modes; results merge into bundles/seg_utility/docs/benchmark.json):
+- real: the 50 real train patients (baseline; its model is the fidelity scorer)
+- synthetic: synthetic images only (ddpm_cmr DDIM-50 on mask_generator masks)
+- synthetic-untrained: the same masks drawn by an untrained ddpm_cmr (sanity row)
 - mixed: real + synthetic, one synthetic slice per real slice
 - fewN / fewN+syn: N real patients (round-robin over groups), without / with the synthetic set
 
-    python scripts/benchmark_seg_utility.py --make-synthetic 90 --modes real,synthetic --minutes 15
+    python scripts/benchmark_seg_utility.py --work runs/bench3 --make-synthetic 50 --minutes 3
 """
 
 from __future__ import annotations
@@ -26,85 +28,204 @@ import json
 import time
 from pathlib import Path
 
-from cmrsynth.benchmark import REPO, machine, parser, prepared_acdc, write_benchmark
-from cmrsynth.bundle_run import run_bundle
+import torch
+
+from cmrsynth.benchmark import REPO, machine, parser, prepared_acdc, replace_marked, write_benchmark
+from cmrsynth.bundle_run import run_bundle, trainer_progress
 
 BUNDLE = REPO / "bundles" / "seg_utility"
+GENERATORS = REPO / "bundles"
+MNMS2 = REPO.parent / "shared" / "data" / "mnms2_sample"
 
 
-def make_synthetic(work: Path, per_class: int, threads: int, seed: int) -> Path:
-    """Masks from the benchmark's mask_generator, then ddpm_cmr images on them (DDIM-50): the synthetic set."""
-    env = {"OMP_NUM_THREADS": str(threads)}
+def untrained_generator(root: Path, seed: int) -> Path:
+    """A ddpm_cmr bundle root whose final checkpoint holds freshly initialised weights (the sanity generator)."""
+    from monai.bundle import ConfigParser
+    from monai.utils import set_determinism
+
+    set_determinism(seed)
+    cfg = ConfigParser()
+    cfg.read_config(str(GENERATORS / "ddpm_cmr" / "configs" / "common.yaml"))
+    cfg.update({"device": "$torch.device('cpu')"})
+    (root / "models").mkdir(parents=True, exist_ok=True)
+    torch.save({"ema": cfg.get_parsed_content("ema").state_dict()}, root / "models" / "checkpoint_final.pt")
+    return root
+
+
+def draw_images(generator_root: Path, masks: Path, key: str, out: Path, args) -> Path:
+    """ddpm_cmr DDIM-50 images for the masks of a datalist section; returns the synthetic datalist."""
+    if not (out / "datalist.json").is_file():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        run_bundle(GENERATORS / "ddpm_cmr", ["common.yaml", "inference.yaml"], generator_root,
+                   {"mask_datalist": str(masks), "mask_key": key, "output_dir": str(out), "seed": args.seed + 1},
+                   log=out.parent / f"{out.name}.log", env={"OMP_NUM_THREADS": str(args.threads)})
+    return out / "datalist.json"
+
+
+def make_synthetic(work: Path, per_class: int, args) -> dict[str, Path]:
+    """Masks from the benchmark's mask_generator, drawn by the trained and by an untrained ddpm_cmr."""
     masks = work / "synthetic" / "masks"
-    run_bundle(REPO / "bundles" / "mask_generator", ["common.yaml", "inference.yaml"], work / "mask_generator",
-               {"per_class": per_class, "output_dir": str(masks), "seed": seed + 1}, log=work / "synthetic.log", env=env)
-    images = work / "synthetic" / "images"
-    run_bundle(REPO / "bundles" / "ddpm_cmr", ["common.yaml", "inference.yaml"], work / "ddpm_cmr",
-               {"mask_datalist": str(masks / "datalist.json"), "output_dir": str(images), "seed": seed + 1},
-               log=work / "synthetic.log", env=env)
-    return images / "datalist.json"
+    if not (masks / "datalist.json").is_file():
+        masks.parent.mkdir(parents=True, exist_ok=True)
+        run_bundle(GENERATORS / "mask_generator", ["common.yaml", "inference.yaml"], work / "mask_generator",
+                   {"per_class": per_class, "output_dir": str(masks), "seed": args.seed + 1},
+                   log=work / "synthetic" / "masks.log", env={"OMP_NUM_THREADS": str(args.threads)})
+    untrained = untrained_generator(work / "ddpm_cmr_untrained", args.seed)
+    return {"trained": draw_images(work / "ddpm_cmr", masks / "datalist.json", "synthetic", work / "synthetic" / "images", args),
+            "untrained": draw_images(untrained, masks / "datalist.json", "synthetic", work / "synthetic" / "untrained", args)}
 
 
-def sources(mode: str, real: Path, synthetic: Path) -> list[dict]:
+def sources(mode: str, real: Path, synthetic: dict[str, Path]) -> list[dict]:
     """The training sources of a mode."""
     real_src = {"datalist": str(real), "key": "training"}
-    syn_src = {"datalist": str(synthetic), "key": "training"}
+    syn_src = {"datalist": str(synthetic["trained"]), "key": "training"}
     if mode == "real":
         return [real_src]
     if mode == "synthetic":
         return [syn_src]
+    if mode == "synthetic-untrained":
+        return [{"datalist": str(synthetic["untrained"]), "key": "training"}]
     if mode == "mixed":
         return [real_src, {**syn_src, "ratio": 1.0}]
     if mode.startswith("few"):
         k = int(mode[3:].split("+")[0])
         return [{**real_src, "patients": k}] + ([syn_src] if mode.endswith("+syn") else [])
-    raise ValueError(f"unknown mode {mode!r}; allowed: real, synthetic, mixed, fewN, fewN+syn")
+    raise ValueError(f"unknown mode {mode!r}; allowed: real, synthetic, synthetic-untrained, mixed, fewN, fewN+syn")
 
 
-def run_mode(mode: str, args, real: Path, synthetic: Path, work: Path) -> dict:
+def evaluate(root: Path, datalist: Path, key: str, name: str, threads: int) -> dict:
+    """Score a trained seg_utility root on one real datalist section (per patient volume)."""
+    out = root / "eval" / name
+    run_bundle(BUNDLE, ["common.yaml", "evaluate.yaml"], root, {"real_datalist": str(datalist), "eval_key": key,
+               "eval_dir": str(out)}, log=root / f"{name}.log", env={"OMP_NUM_THREADS": str(threads)})
+    metrics = json.loads((out / "metrics.json").read_text())
+    return {"patients": metrics["patients"], "slices": metrics["slices"], "summary": metrics["summary"]}
+
+
+def run_mode(mode: str, args, real: Path, synthetic: dict[str, Path], work: Path) -> dict:
     """Train seg_utility for one mode within the budget and score it on the real test patients."""
     root = work / "seg_utility" / mode
     root.mkdir(parents=True, exist_ok=True)
-    env = {"OMP_NUM_THREADS": str(args.threads)}
     train = {"real_datalist": str(real), "sources": sources(mode, real, synthetic), "max_epochs": 100000,
              "max_minutes": args.minutes, "seed": args.seed, "progress_bar": False}
     t0 = time.perf_counter()
-    run_bundle(BUNDLE, ["common.yaml", "train.yaml"], root, train, log=root / "train.log", env=env)
+    run_bundle(BUNDLE, ["common.yaml", "train.yaml"], root, train, log=root / "train.log",
+               env={"OMP_NUM_THREADS": str(args.threads)})
     wall = time.perf_counter() - t0
-    run_bundle(BUNDLE, ["common.yaml", "evaluate.yaml"], root, {"real_datalist": str(real), "eval_key": "test"},
-               log=root / "evaluate.log", env=env)
-    metrics = json.loads((root / "eval" / "evaluation" / "metrics.json").read_text())
     composed = json.loads((root / "models" / "training_set.json").read_text())["training"]
-    from cmrsynth.bundle_run import trainer_progress
+    result = {"sources": [{**s, "datalist": _short(s["datalist"], work)} for s in train["sources"]],
+              "training_slices": len(composed), "training_wall_seconds": round(wall, 1),
+              **trainer_progress(root / "models" / "checkpoint_final.pt"),
+              "acdc_test": evaluate(root, real, "test", "acdc_test", args.threads)}
+    if mode == "real" and (MNMS2).is_dir():
+        result["mnms2_sample_cross_dataset"] = evaluate(root, prepared_mnms2(work), "test", "mnms2", args.threads)
+    return result
 
-    return {"sources": train["sources"], "training_slices": len(composed), "training_wall_seconds": round(wall, 1),
-            **trainer_progress(root / "models" / "checkpoint_final.pt"), "test_patients": metrics["patients"],
-            "summary": metrics["summary"]}
+
+def prepared_mnms2(work: Path) -> Path:
+    """The M&Ms-2 sample prepared like ACDC, every patient in the test section (cross-dataset evaluation)."""
+    from cmrsynth.data.mnms import read_mnms2
+    from cmrsynth.data.prepare import PrepareConfig, prepare_cohort
+
+    out = work / "mnms2_64"
+    if not (out / "datalist.json").is_file():
+        prepare_cohort(read_mnms2(MNMS2), out, PrepareConfig(size=64, fractions=(0.0, 0.0, 1.0)))
+    return out / "datalist.json"
+
+
+def _short(path: str | Path, work: Path) -> str:
+    p = Path(path)
+    return str(p.relative_to(work)) if p.is_relative_to(work) else str(p)
+
+
+def fidelity(args, real: Path, synthetic: dict[str, Path], work: Path) -> dict:
+    """Each image set scored with the real-only segmenter against the real test slices."""
+    scorer = work / "seg_utility" / "real"
+    untrained = untrained_generator(work / "ddpm_cmr_untrained", args.seed)
+    sets = {
+        "ddpm_cmr, real test masks (DDIM-50)": (work / "ddpm_cmr" / "eval" / "ddim50" / "datalist.json", "training"),
+        "untrained ddpm_cmr, real test masks (sanity)": (draw_images(untrained, real, "test", work / "fidelity_untrained_test", args), "training"),
+        "ddpm_cmr on mask_generator masks": (synthetic["trained"], "training"),
+        "untrained ddpm_cmr on mask_generator masks (sanity)": (synthetic["untrained"], "training"),
+        "real validation slices (reference)": (real, "validation"),
+    }
+    out = {}
+    for name, (datalist, key) in sets.items():
+        folder = scorer / "eval" / "fidelity" / name.split(" (")[0].replace(" ", "_").replace(",", "")
+        run_bundle(BUNDLE, ["common.yaml", "fidelity.yaml"], scorer,
+                   {"real_datalist": str(real), "synthetic_datalist": str(datalist), "synthetic_key": key,
+                    "fidelity_dir": str(folder), "seed": args.seed}, log=scorer / "fidelity.log",
+                   env={"OMP_NUM_THREADS": str(args.threads)})
+        scores = json.loads((folder / "fidelity.json").read_text())
+        out[name] = {k: v for k, v in scores.items() if k not in ("real_datalist", "synthetic_datalist")}
+        out[name]["synthetic_datalist"] = _short(datalist, work)
+    return out
 
 
 def main() -> None:
     p = parser(__doc__.split("\n\n")[0])
-    p.add_argument("--modes", default="real,synthetic,mixed,few5,few5+syn,few10,few10+syn")
-    p.add_argument("--make-synthetic", type=int, default=0, help="masks per (group, phase) to generate first (0: reuse)")
+    p.set_defaults(minutes=3.0, threads=2)
+    p.add_argument("--modes", default="real,synthetic,synthetic-untrained,mixed,few5,few5+syn,few10,few10+syn")
+    p.add_argument("--make-synthetic", type=int, default=50, help="masks per (group, phase) in the synthetic set")
+    p.add_argument("--skip-fidelity", action="store_true")
+    p.add_argument("--render", action="store_true", help="write the tables into docs/README.md")
     args = p.parse_args()
     work = Path(args.work)
     real = prepared_acdc(work / "acdc64", 64) / "datalist.json"
-    synthetic = work / "synthetic" / "images" / "datalist.json"
-    if args.make_synthetic:
-        synthetic = make_synthetic(work, args.make_synthetic, args.threads, args.seed)
+    synthetic = make_synthetic(work, args.make_synthetic, args)
     path = BUNDLE / "docs" / "benchmark.json"
-    result = json.loads(path.read_text()) if path.is_file() else {"modes": {}}
+    result = json.loads(path.read_text()) if path.is_file() else {}
+    result.setdefault("modes", {})
     result.update({"bundle": "seg_utility", "data": "ACDC (../shared/data/acdc), 64x64 CPU preset, seed-0 split: "
                    "train 50 / val 10 / test 10 patients; scored per patient volume on the 10 test patients",
                    "machine": machine(), "threads": args.threads, "budget_minutes_per_mode": args.minutes,
-                   "synthetic_set": str(synthetic.relative_to(REPO)) if synthetic.is_relative_to(REPO) else str(synthetic)})
+                   "synthetic_set": {k: _short(v, work) for k, v in synthetic.items()},
+                   "synthetic_masks_per_class": args.make_synthetic})
     for mode in args.modes.split(","):
         result["modes"][mode] = run_mode(mode, args, real, synthetic, work)
         result["finished"] = time.strftime("%Y-%m-%d %H:%M")
         write_benchmark(path, result)
-    print(json.dumps({m: {k: round(v["mean"], 3) for k, v in r["summary"].items() if "/dice_" in k}
-                      for m, r in result["modes"].items()}, indent=1))
+    if not args.skip_fidelity:
+        result["fidelity"] = fidelity(args, real, synthetic, work)
+        result["finished"] = time.strftime("%Y-%m-%d %H:%M")
+        write_benchmark(path, result)
+    if args.render:
+        replace_marked(BUNDLE / "docs" / "README.md", "utility-table", utility_table(result))
+        replace_marked(BUNDLE / "docs" / "README.md", "fidelity-table", fidelity_table(result))
+    print(utility_table(result))
+    print(fidelity_table(result))
 
 
 if __name__ == "__main__":
     main()
+
+
+def _cell(summary: dict, key: str, digits: int = 3) -> str:
+    s = summary.get(key)
+    return "n/a" if s is None or s["mean"] != s["mean"] else f"{s['mean']:.{digits}f}"
+
+
+def utility_table(result: dict) -> str:
+    """Markdown table of the modes: Dice per structure and phase, HD95 and LV EF error on the real test patients."""
+    rows = ["| mode | training slices | steps | Dice LV ED / ES | Dice MYO ED / ES | Dice RV ED / ES | HD95 LV ED (mm) | LV EF error (points, mean ± sd) |",
+            "|---|---|---|---|---|---|---|---|"]
+    for mode, r in result["modes"].items():
+        s = r["acdc_test"]["summary"]
+        dice = [f"{_cell(s, f'ED/dice_{k}')} / {_cell(s, f'ES/dice_{k}')}" for k in ("lv", "myo", "rv")]
+        ef = s.get("lv_ef_error", {"mean": float("nan"), "sd": float("nan")})
+        rows.append(f"| {mode} | {r['training_slices']} | {r['iteration']} | " + " | ".join(dice)
+                    + f" | {_cell(s, 'ED/hd95_lv', 1)} | {ef['mean']:.1f} ± {ef['sd']:.1f} |")
+    return "\n".join(rows)
+
+
+def fidelity_table(result: dict) -> str:
+    """Markdown table of the fidelity scores of each image set."""
+    rows = ["| image set | n | FD (seg features) | KID x1000 | faithfulness Dice LV / MYO / RV | SSIM | MS-SSIM | PSNR (dB) | diversity (MS-SSIM) |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for name, f in result.get("fidelity", {}).items():
+        m = f["mask_faithfulness"]
+        p = f.get("paired")
+        paired = " | ".join(f"{p[k]:.3f}" if k != "psnr" else f"{p[k]:.1f}" for k in ("ssim", "ms_ssim", "psnr")) if p else "- | - | -"
+        rows.append(f"| {name} | {f['n_synthetic']} | {f['fd_seg']:.2f} | {1000 * f['kid_seg']:.2f} | "
+                    f"{m['lv']:.3f} / {m['myo']:.3f} / {m['rv']:.3f} | {paired} | {f['diversity']['synthetic']:.3f} |")
+    return "\n".join(rows)

@@ -22,6 +22,7 @@ from cmrsynth.engines import (
     EMAUpdater,
     ResumableCheckpoint,
     TimeBudget,
+    ValidateAtEnd,
     guided_output,
     latest_checkpoint,
     sample_diffusion,
@@ -229,3 +230,19 @@ def test_time_budget_stops_training():
     trainer = _trainer(net, 1000, [TimeBudget(minutes=0.0)])
     trainer.run()
     assert trainer.state.iteration == 1
+
+
+class _CountingValidator:
+    def __init__(self):
+        self.epochs = []
+
+    def run(self, epoch):
+        self.epochs.append(epoch)
+
+
+@pytest.mark.parametrize("budget, expected", [(0.0, [1]), (None, [])])
+def test_validate_at_end_only_when_training_stopped_between_validations(budget, expected):
+    validator = _CountingValidator()
+    trainer = _trainer(torch.nn.Linear(5, 1), 2, [TimeBudget(minutes=budget), ValidateAtEnd(validator, interval=2)])
+    trainer.run()  # without a budget: 2 full epochs end exactly on a validation epoch
+    assert validator.epochs == expected

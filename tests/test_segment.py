@@ -59,3 +59,18 @@ def test_composition_errors(tmp_path):
 
 def test_headline_keeps_dice_means():
     assert headline({"ED/dice_lv": {"mean": 0.912345}, "ED/hd95_lv": {"mean": 3.0}}) == {"ED/dice_lv": 0.9123}
+
+
+def test_evaluation_entries_drop_null_fields_and_name_an_empty_section(tmp_path):
+    import json
+
+    from cmrsynth.segment import evaluation_entries
+
+    path = tmp_path / "datalist.json"
+    path.write_text(json.dumps({"test": [{"image": "i.nii.gz", "label": "l.nii.gz", "group": None, "patient": "p"}], "validation": []}))
+    (entry,) = evaluation_entries(path, "test")
+    assert "group" not in entry and entry["image"] == str(tmp_path / "i.nii.gz") and entry["patient"] == "p"
+    with pytest.raises(CMRDataError, match="section 'validation' is empty"):
+        evaluation_entries(path, "validation")
+    with pytest.raises(CMRDataError, match="no 'training' section"):
+        evaluation_entries(path, "training")

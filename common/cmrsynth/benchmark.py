@@ -64,6 +64,17 @@ def write_benchmark(path: str | Path, result: dict) -> None:
     write_json_atomic(path, clean(result))
 
 
+def replace_marked(path: str | Path, name: str, text: str) -> None:
+    """Replace the text between ``<!-- name -->`` and ``<!-- /name -->`` in a docs file (rendered results)."""
+    path = Path(path)
+    doc = path.read_text()
+    start, end = f"<!-- {name} -->", f"<!-- /{name} -->"
+    if start not in doc or end not in doc:
+        raise ValueError(f"{path}: markers {start} ... {end} not found")
+    head, rest = doc.split(start, 1)
+    path.write_text(head + start + "\n" + text.strip() + "\n" + end + rest.split(end, 1)[1])
+
+
 def parser(description: str):
     """Command-line options shared by the generator benchmarks."""
     import argparse

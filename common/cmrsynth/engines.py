@@ -262,6 +262,30 @@ class EMAUpdater:
         engine.add_event_handler(Events.ITERATION_COMPLETED, lambda _: self.ema.update_parameters(self.network))
 
 
+class ValidateAtEnd:
+    """Validate once more when training ends between validation epochs (e.g. stopped by ``TimeBudget``).
+
+    Without it a run that stops before its first validation leaves no best model behind.
+
+    Args:
+        validator: the evaluator the ``ValidationHandler`` runs.
+        interval: that handler's epoch interval.
+    """
+
+    def __init__(self, validator, interval: int = 1):
+        self.validator, self.interval = validator, interval
+
+    def attach(self, engine) -> None:
+        """Register the check on COMPLETED (ignite fires it after a terminate too)."""
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.COMPLETED, self._maybe_validate)
+
+    def _maybe_validate(self, engine) -> None:
+        if engine.state.iteration % (engine.state.epoch_length * self.interval) != 0:
+            self.validator.run(engine.state.epoch)
+
+
 class TimeBudget:
     """Stop training cleanly once ``minutes`` of wall time have passed in this process (None: no limit)."""
 

@@ -99,6 +99,18 @@ def compose_training_set(sources: Sequence[Mapping], seed: int = 0) -> list[dict
     return out
 
 
+def evaluation_entries(datalist: str | Path, key: str) -> list[dict]:
+    """A datalist section for evaluation, absolute paths, without null fields (a cohort without groups has
+    ``group: null``, which a DataLoader cannot collate)."""
+    path = Path(datalist)
+    data = load_json(path)
+    if key not in data:
+        raise CMRDataError(path, f"no {key!r} section; sections are {sorted(data)}")
+    if not data[key]:
+        raise CMRDataError(path, f"section {key!r} is empty: nothing to evaluate")
+    return [{k: v for k, v in _absolute(e, path.parent).items() if v is not None} for e in data[key]]
+
+
 @torch.no_grad()
 def predict_slices(network: torch.nn.Module, loader, device) -> list[dict]:
     """Run a segmenter over a loader of {image, label, patient, phase, slice, spacing} batches; argmax labels."""
@@ -109,7 +121,7 @@ def predict_slices(network: torch.nn.Module, loader, device) -> list[dict]:
         label = batch["label"][:, 0].cpu().numpy().astype(np.uint8)
         for i in range(len(pred)):
             results.append({
-                "patient": batch["patient"][i], "phase": batch["phase"][i], "group": batch["group"][i],
+                "patient": batch["patient"][i], "phase": batch["phase"][i], "group": batch["group"][i] if "group" in batch else None,
                 "slice": int(batch["slice"][i]), "spacing": [float(s[i]) for s in batch["spacing"]],
                 "pred": pred[i], "label": label[i], "image": batch["image"][i, 0].cpu().numpy(),
             })

@@ -1,0 +1,269 @@
+# Copyright (c) cmr-synth contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""Privacy metrics: white-box membership inference against diffusion generators, and sample-level leakage.
+
+Membership inference (scores are "higher = more likely a member", one per slice, averaged per patient):
+- ``loss_scores``: the denoising loss at a timestep (Matsumoto et al. 2023; Carlini et al. 2023).
+- ``pia_scores``: PIA, proximal initialisation (Kong et al., ICLR 2024): the model's own eps at t = 0 is the
+  noise, and the error of its prediction at t against that eps is the statistic.
+- ``secmi_scores``: SecMI-style step error (Duan et al., ICML 2023): deterministic DDIM inversion to t, one
+  step forward and back, and the distance between where it started and where it lands.
+- ``midband_scores``: the denoising error of the predicted x0 restricted to a mid band of spatial
+  frequencies, where memorised detail lives and anatomy-wide contrast does not dominate.
+
+``attack_metrics`` turns member / non-member patient scores into ROC AUC, TPR at 1 % and 10 % FPR and balanced
+accuracy, with bootstrap intervals over patients; the balanced-accuracy threshold is fitted on one half of the
+patients and applied to the other (two-fold cross-fitting), never on the pairs it scores.
+
+Leakage: ``nearest_distances`` / ``leakage_report`` compare synthetic→train with holdout→train distances, and
+``release_gate`` drops synthetic samples closer to a training sample than a holdout-calibrated threshold.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+#: a denoiser call: (x_t, t) -> model output, conditions bound in (e.g. a lambda over ConditionalDenoiser).
+Denoise = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _abar(scheduler, t: torch.Tensor) -> torch.Tensor:
+    return scheduler.alphas_cumprod.to(t.device)[t].view(-1, 1, 1, 1)
+
+
+def to_eps_and_x0(output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, scheduler) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (eps, x0) a model output implies under the scheduler's ``prediction_type``."""
+    a = _abar(scheduler, t)
+    kind = scheduler.prediction_type
+    if kind == "epsilon":
+        eps = output
+        x0 = (x_t - (1 - a).sqrt() * eps) / a.sqrt()
+    elif kind == "sample":
+        x0 = output
+        eps = (x_t - a.sqrt() * x0) / (1 - a).sqrt()
+    elif kind == "v_prediction":
+        x0 = a.sqrt() * x_t - (1 - a).sqrt() * output
+        eps = a.sqrt() * output + (1 - a).sqrt() * x_t
+    else:
+        raise ValueError(f"unknown prediction_type {kind!r}")
+    return eps, x0
+
+
+def _timesteps(n: int, t: int, device) -> torch.Tensor:
+    return torch.full((n,), int(t), dtype=torch.long, device=device)
+
+
+@torch.no_grad()
+def loss_scores(denoise: Denoise, scheduler, x0: torch.Tensor, t: int, draws: int = 4, seed: int = 0) -> np.ndarray:
+    """Minus the mean squared eps error at timestep ``t`` over ``draws`` noise draws, per sample."""
+    g = torch.Generator().manual_seed(seed)
+    tt = _timesteps(len(x0), t, x0.device)
+    errors = []
+    for _ in range(draws):
+        noise = torch.randn(x0.shape, generator=g).to(x0.device)
+        x_t = scheduler.add_noise(original_samples=x0, noise=noise, timesteps=tt)
+        eps, _ = to_eps_and_x0(denoise(x_t, tt), x_t, tt, scheduler)
+        errors.append(((eps - noise) ** 2).flatten(1).mean(1))
+    return -torch.stack(errors).mean(0).cpu().numpy()
+
+
+@torch.no_grad()
+def pia_scores(denoise: Denoise, scheduler, x0: torch.Tensor, t: int) -> np.ndarray:
+    """PIA: eps0 = eps_theta(x0, 0); x_t = sqrt(abar) x0 + sqrt(1 - abar) eps0; minus |eps_theta(x_t, t) - eps0|."""
+    t0 = _timesteps(len(x0), 0, x0.device)
+    eps0, _ = to_eps_and_x0(denoise(x0, t0), x0, t0, scheduler)
+    tt = _timesteps(len(x0), t, x0.device)
+    a = _abar(scheduler, tt)
+    x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps0
+    eps, _ = to_eps_and_x0(denoise(x_t, tt), x_t, tt, scheduler)
+    return -((eps - eps0).abs()).flatten(1).mean(1).cpu().numpy()
+
+
+def _ddim_move(denoise: Denoise, scheduler, x: torch.Tensor, t_from: int, t_to: int) -> torch.Tensor:
+    """One deterministic DDIM step from t_from to t_to (either direction) using the model's eps."""
+    tf = _timesteps(len(x), t_from, x.device)
+    eps, x0 = to_eps_and_x0(denoise(x, tf), x, tf, scheduler)
+    a_to = _abar(scheduler, _timesteps(len(x), t_to, x.device))
+    return a_to.sqrt() * x0 + (1 - a_to).sqrt() * eps
+
+
+@torch.no_grad()
+def secmi_scores(denoise: Denoise, scheduler, x0: torch.Tensor, t: int = 100, interval: int = 10) -> np.ndarray:
+    """SecMI t-error: invert x0 deterministically to x_t, step to t + interval and back; minus the distance."""
+    x = x0
+    for t_from in range(0, t, interval):
+        x = _ddim_move(denoise, scheduler, x, t_from, min(t_from + interval, t))
+    forward = _ddim_move(denoise, scheduler, x, t, t + interval)
+    back = _ddim_move(denoise, scheduler, forward, t + interval, t)
+    return -((back - x) ** 2).flatten(1).mean(1).cpu().numpy()
+
+
+def band_mask(size: int, low: float = 0.1, high: float = 0.35) -> torch.Tensor:
+    """A radial mask of spatial frequencies between ``low`` and ``high`` cycles per pixel (Nyquist is 0.5)."""
+    f = torch.fft.fftfreq(size)
+    r = (f[:, None] ** 2 + f[None, :] ** 2).sqrt()
+    return ((r >= low) & (r < high)).float()
+
+
+@torch.no_grad()
+def midband_scores(denoise: Denoise, scheduler, x0: torch.Tensor, t: int, draws: int = 4, seed: int = 0,
+                   band: tuple[float, float] = (0.1, 0.35)) -> np.ndarray:
+    """Minus the mid-band energy of the x0 reconstruction error at timestep ``t``."""
+    g = torch.Generator().manual_seed(seed)
+    tt = _timesteps(len(x0), t, x0.device)
+    mask = band_mask(x0.shape[-1], *band).to(x0.device)
+    errors = []
+    for _ in range(draws):
+        noise = torch.randn(x0.shape, generator=g).to(x0.device)
+        x_t = scheduler.add_noise(original_samples=x0, noise=noise, timesteps=tt)
+        _, x0_hat = to_eps_and_x0(denoise(x_t, tt), x_t, tt, scheduler)
+        spectrum = torch.fft.fft2(x0_hat - x0)
+        errors.append((spectrum.abs() ** 2 * mask).flatten(1).mean(1))
+    return -torch.stack(errors).mean(0).cpu().numpy()
+
+
+def per_patient(scores: Sequence[float], patients: Sequence[str]) -> dict[str, float]:
+    """Mean slice score per patient."""
+    by: dict[str, list[float]] = defaultdict(list)
+    for s, p in zip(scores, patients):
+        by[p].append(float(s))
+    return {p: float(np.mean(v)) for p, v in by.items()}
+
+
+def roc_auc(members: np.ndarray, non_members: np.ndarray) -> float:
+    """P(score of a random member > score of a random non-member), ties counting half (Mann-Whitney)."""
+    m, n = np.asarray(members, float)[:, None], np.asarray(non_members, float)[None, :]
+    return float((m > n).mean() + 0.5 * (m == n).mean())
+
+
+def tpr_at_fpr(members: np.ndarray, non_members: np.ndarray, fpr: float) -> float:
+    """True-positive rate at the strictest threshold whose false-positive rate is at most ``fpr``."""
+    non = np.sort(np.asarray(non_members, float))[::-1]
+    allowed = int(np.floor(fpr * len(non)))  # non-members allowed above the threshold
+    threshold = non[allowed] if allowed < len(non) else -np.inf
+    return float((np.asarray(members, float) > threshold).mean())
+
+
+def _best_threshold(members: np.ndarray, non_members: np.ndarray) -> float:
+    candidates = np.unique(np.concatenate([members, non_members]))
+    accs = [0.5 * ((members >= c).mean() + (non_members < c).mean()) for c in candidates]
+    return float(candidates[int(np.argmax(accs))])
+
+
+def cross_fitted_accuracy(members: np.ndarray, non_members: np.ndarray, seed: int = 0) -> float:
+    """Balanced accuracy of a threshold fitted on one half of the patients and applied to the other (both ways)."""
+    rng = np.random.default_rng(seed)
+    m, n = rng.permutation(np.asarray(members, float)), rng.permutation(np.asarray(non_members, float))
+    halves = [(m[: len(m) // 2], n[: len(n) // 2]), (m[len(m) // 2:], n[len(n) // 2:])]
+    accs = []
+    for fit, score in ((halves[0], halves[1]), (halves[1], halves[0])):
+        c = _best_threshold(*fit)
+        accs.append(0.5 * ((score[0] >= c).mean() + (score[1] < c).mean()))
+    return float(np.mean(accs))
+
+
+def attack_metrics(member_scores: Mapping[str, float], non_member_scores: Mapping[str, float], n_boot: int = 1000,
+                   seed: int = 0) -> dict:
+    """Attack success from per-patient scores (higher = member), each with a bootstrap 95 % interval over patients.
+
+    Returns:
+        {"auc", "tpr_at_1pct_fpr", "tpr_at_10pct_fpr", "balanced_accuracy"}: {"value", "ci95"}, plus counts.
+        With N non-members, FPRs below 1/N are not resolvable: TPR at 1 % FPR is then TPR at FPR 0.
+    """
+    m, n = np.array(list(member_scores.values()), float), np.array(list(non_member_scores.values()), float)
+    if len(m) < 2 or len(n) < 2:
+        raise ValueError(f"need at least 2 member and 2 non-member patients, got {len(m)} and {len(n)}")
+    stats = {"auc": roc_auc, "tpr_at_1pct_fpr": lambda a, b: tpr_at_fpr(a, b, 0.01),
+             "tpr_at_10pct_fpr": lambda a, b: tpr_at_fpr(a, b, 0.10),
+             "balanced_accuracy": lambda a, b: cross_fitted_accuracy(a, b, seed)}
+    rng = np.random.default_rng(seed)
+    boots = [(m[rng.integers(0, len(m), len(m))], n[rng.integers(0, len(n), len(n))]) for _ in range(n_boot)]
+    out: dict = {"members": len(m), "non_members": len(n)}
+    for name, fn in stats.items():
+        values = [fn(a, b) for a, b in boots]
+        out[name] = {"value": fn(m, n), "ci95": [float(np.quantile(values, 0.025)), float(np.quantile(values, 0.975))]}
+    return out
+
+
+def nearest_distances(queries: np.ndarray, references: np.ndarray, exclude_self: bool = False, batch: int = 256) -> np.ndarray:
+    """Euclidean (RMS per element) distance from each query to its nearest reference, and the second nearest.
+
+    Args:
+        queries: (N, ...) arrays (images or features), flattened.
+        references: (M, ...).
+        exclude_self: queries are the references themselves (skip the zero self-distance).
+
+    Returns:
+        (N, 2): nearest and second-nearest distances.
+    """
+    q = torch.as_tensor(np.asarray(queries, np.float32)).flatten(1)
+    r = torch.as_tensor(np.asarray(references, np.float32)).flatten(1)
+    if q.shape[1] != r.shape[1]:
+        raise ValueError(f"queries and references differ in size: {tuple(q.shape[1:])} vs {tuple(r.shape[1:])}")
+    out = []
+    for i in range(0, len(q), batch):
+        d = torch.cdist(q[i:i + batch], r) / q.shape[1] ** 0.5
+        if exclude_self:
+            d[torch.arange(d.shape[0]), torch.arange(i, i + d.shape[0])] = float("inf")
+        out.append(d.topk(2, largest=False).values)
+    return torch.cat(out).numpy()
+
+
+def copy_threshold(holdout_to_train: np.ndarray, quantile: float = 0.01) -> float:
+    """Distance below which a synthetic sample counts as a near copy: a low quantile of holdout→train distances.
+
+    A real patient never seen in training lands that close to a training sample only ``quantile`` of the time.
+    """
+    return float(np.quantile(np.asarray(holdout_to_train, float), quantile))
+
+
+def leakage_report(synthetic_to_train: np.ndarray, holdout_to_train: np.ndarray, quantile: float = 0.01) -> dict:
+    """Compare synthetic→train with holdout→train nearest distances (first column of ``nearest_distances``).
+
+    Returns:
+        medians, the near-copy threshold and counts, the nearest-neighbour distance ratio (NNDR, nearest over
+        second nearest) median, and the share of synthetic samples closer to train than the median holdout.
+    """
+    syn, hold = np.asarray(synthetic_to_train, float), np.asarray(holdout_to_train, float)
+    threshold = copy_threshold(hold[:, 0], quantile)
+    return {
+        "synthetic_median": float(np.median(syn[:, 0])), "holdout_median": float(np.median(hold[:, 0])),
+        "threshold": threshold, "threshold_quantile": quantile,
+        "near_copies": int((syn[:, 0] < threshold).sum()), "synthetic": len(syn),
+        "near_copy_rate": float((syn[:, 0] < threshold).mean()),
+        "nndr_median_synthetic": float(np.median(syn[:, 0] / np.maximum(syn[:, 1], 1e-12))),
+        "nndr_median_holdout": float(np.median(hold[:, 0] / np.maximum(hold[:, 1], 1e-12))),
+        "closer_than_median_holdout": float((syn[:, 0] < np.median(hold[:, 0])).mean()),
+    }
+
+
+def release_gate(synthetic_to_train: np.ndarray, threshold: float) -> np.ndarray:
+    """Boolean keep-mask: synthetic samples at least ``threshold`` from every training sample."""
+    return np.asarray(synthetic_to_train, float)[:, 0] >= threshold
+
+
+def mask_dice_nearest(synthetic_masks: np.ndarray, train_masks: np.ndarray) -> np.ndarray:
+    """For each synthetic mask, the highest Dice to any training mask (label-wise overlap of RV, MYO and LV pooled).
+
+    1.0 means an exact copy of a training mask.
+    """
+    syn = torch.as_tensor(np.asarray(synthetic_masks, np.int64))
+    train = torch.as_tensor(np.asarray(train_masks, np.int64))
+    s1 = torch.nn.functional.one_hot(syn, 4)[..., 1:].flatten(1).float()
+    t1 = torch.nn.functional.one_hot(train, 4)[..., 1:].flatten(1).float()
+    inter = s1 @ t1.T
+    total = s1.sum(1, keepdim=True) + t1.sum(1)[None, :]
+    dice = torch.where(total > 0, 2 * inter / total.clamp(min=1), torch.ones_like(inter))
+    return dice.max(1).values.numpy()

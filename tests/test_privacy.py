@@ -1,0 +1,129 @@
+# Copyright (c) cmr-synth contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from monai.networks.schedulers import DDPMScheduler
+
+from cmrsynth.metrics.privacy import (
+    attack_metrics,
+    cross_fitted_accuracy,
+    leakage_report,
+    loss_scores,
+    mask_dice_nearest,
+    midband_scores,
+    nearest_distances,
+    per_patient,
+    pia_scores,
+    release_gate,
+    roc_auc,
+    secmi_scores,
+    to_eps_and_x0,
+    tpr_at_fpr,
+)
+
+
+class Memoriser:
+    """A denoiser that memorised a training set: its x0 estimate is the nearest training image to x_t / sqrt(abar)."""
+
+    def __init__(self, train: torch.Tensor, scheduler):
+        self.train, self.scheduler = train, scheduler
+
+    def __call__(self, x_t, t):
+        a = self.scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
+        guess = x_t / a.sqrt()
+        nearest = self.train[torch.cdist(guess.flatten(1), self.train.flatten(1)).argmin(1)]
+        eps = (x_t - a.sqrt() * nearest) / (1 - a).sqrt()
+        kind = self.scheduler.prediction_type
+        return nearest if kind == "sample" else a.sqrt() * eps - (1 - a).sqrt() * nearest if kind == "v_prediction" else eps
+
+
+def _images(n, seed):
+    return torch.rand((n, 1, 16, 16), generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+@pytest.mark.parametrize("kind", ["epsilon", "sample", "v_prediction"])
+def test_model_outputs_convert_to_eps_and_x0(kind):
+    scheduler = DDPMScheduler(1000, prediction_type=kind)
+    x0, noise, t = _images(3, 0), _images(3, 1), torch.tensor([5, 300, 900])
+    x_t = scheduler.add_noise(x0, noise, t)
+    out = {"epsilon": noise, "sample": x0, "v_prediction": scheduler.get_velocity(x0, noise, t)}[kind]
+    eps, x0_hat = to_eps_and_x0(out, x_t, t, scheduler)
+    torch.testing.assert_close(eps, noise, atol=2e-3, rtol=0)
+    torch.testing.assert_close(x0_hat, x0, atol=2e-3, rtol=0)
+
+
+@pytest.mark.parametrize("attack", ["loss", "pia", "secmi", "midband"])
+def test_attacks_catch_a_memorising_model_and_not_an_ignorant_one(attack):
+    scheduler = DDPMScheduler(1000, prediction_type="v_prediction")
+    members, non_members = _images(12, 0), _images(12, 1)
+    run = {"loss": lambda d, x: loss_scores(d, scheduler, x, t=100),
+           "pia": lambda d, x: pia_scores(d, scheduler, x, t=100),
+           "secmi": lambda d, x: secmi_scores(d, scheduler, x, t=50, interval=10),
+           "midband": lambda d, x: midband_scores(d, scheduler, x, t=100)}[attack]
+    memoriser = Memoriser(members, scheduler)
+    assert roc_auc(run(memoriser, members), run(memoriser, non_members)) > 0.95
+    ignorant = Memoriser(_images(12, 2), scheduler)  # memorised other people
+    assert abs(roc_auc(run(ignorant, members), run(ignorant, non_members)) - 0.5) < 0.3
+
+
+def test_roc_statistics_on_known_scores():
+    m, n = np.array([0.9, 0.8, 0.7, 0.2]), np.array([0.6, 0.5, 0.4, 0.1])
+    assert roc_auc(m, n) == pytest.approx(13 / 16)
+    assert tpr_at_fpr(m, n, 0.0) == 0.75 and tpr_at_fpr(m, n, 0.25) == 0.75 and tpr_at_fpr(m, n, 1.0) == 1.0
+    assert roc_auc(m, m) == 0.5
+    assert cross_fitted_accuracy(np.arange(10, 20.0), np.arange(10.0)) == 1.0
+
+
+def test_attack_metrics_have_intervals_and_need_enough_patients():
+    rng = np.random.default_rng(0)
+    members = per_patient(rng.normal(1, 1, 40), [f"m{i % 20}" for i in range(40)])
+    non = per_patient(rng.normal(0, 1, 40), [f"n{i % 20}" for i in range(40)])
+    out = attack_metrics(members, non, n_boot=200)
+    assert out["members"] == 20 and out["non_members"] == 20
+    for k in ("auc", "tpr_at_1pct_fpr", "tpr_at_10pct_fpr", "balanced_accuracy"):
+        lo, hi = out[k]["ci95"]
+        assert lo <= out[k]["value"] <= hi
+    assert out["auc"]["value"] > 0.7
+    with pytest.raises(ValueError, match="at least 2 member"):
+        attack_metrics({"a": 1.0}, non)
+
+
+def test_planted_copies_are_flagged_and_honest_samples_pass():
+    rng = np.random.default_rng(0)
+    train, holdout, honest = (rng.normal(0, 1, (n, 8, 8)) for n in (200, 100, 100))
+    planted = train[:10] + rng.normal(0, 0.01, (10, 8, 8))
+    synthetic = np.concatenate([honest, planted])
+    report = leakage_report(nearest_distances(synthetic, train), nearest_distances(holdout, train), quantile=0.01)
+    keep = release_gate(nearest_distances(synthetic, train), report["threshold"])
+    assert not keep[100:].any()  # sensitivity: every planted copy removed
+    assert keep[:100].mean() >= 0.95  # specificity: honest samples kept
+    assert report["near_copies"] >= 10 and report["nndr_median_synthetic"] < report["nndr_median_holdout"]
+
+
+def test_nearest_distances_exclude_self_and_check_sizes():
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    d = nearest_distances(x, x, exclude_self=True)
+    assert d[0, 0] == pytest.approx(4.0) and d[0, 1] == pytest.approx(8.0)
+    with pytest.raises(ValueError, match="differ in size"):
+        nearest_distances(x, np.zeros((2, 5)))
+
+
+def test_mask_dice_nearest_finds_copies():
+    train = np.zeros((3, 8, 8), np.int64)
+    train[0, 2:6, 2:6] = 3
+    train[1, 1:4, 1:4] = 1
+    syn = np.stack([train[0], np.zeros((8, 8), np.int64)])
+    syn[1, 5:8, 5:8] = 2
+    dice = mask_dice_nearest(syn, train)
+    assert dice[0] == pytest.approx(1.0) and dice[1] < 0.1
