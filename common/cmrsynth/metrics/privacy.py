@@ -157,7 +157,8 @@ def tpr_at_fpr(members: np.ndarray, non_members: np.ndarray, fpr: float) -> floa
 
 
 def _best_threshold(members: np.ndarray, non_members: np.ndarray) -> float:
-    candidates = np.unique(np.concatenate([members, non_members]))
+    values = np.unique(np.concatenate([members, non_members]))
+    candidates = np.concatenate([[values[0] - 1.0], (values[:-1] + values[1:]) / 2, [values[-1] + 1.0]])  # between scores
     accs = [0.5 * ((members >= c).mean() + (non_members < c).mean()) for c in candidates]
     return float(candidates[int(np.argmax(accs))])
 
