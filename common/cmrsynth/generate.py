@@ -42,6 +42,16 @@ def class_plan(groups: list[str], phases: list[str], per_class: int) -> list[tup
     return [(g, p, gi * len(phases) + pi) for gi, g in enumerate(groups) for pi, p in enumerate(phases)] * per_class
 
 
+def class_labels(entries: list[dict], groups: list[str] | None, phases, device="cpu") -> torch.Tensor | None:
+    """Class index of each entry's (group, phase); the null class for unknown ones; None without groups."""
+    if not groups:
+        return None
+    null_class = len(groups) * len(phases)
+    cls = [groups.index(e.get("group")) * len(phases) + list(phases).index(e.get("phase"))
+           if e.get("group") in groups and e.get("phase") in phases else null_class for e in entries]
+    return torch.tensor(cls, device=device)
+
+
 def _batches(n: int, size: int):
     for start in range(0, n, size):
         yield slice(start, min(start + size, n))
@@ -160,11 +170,7 @@ def generate_images(
         m = torch.from_numpy(np.stack(masks[sl]))
         onehot = F.one_hot(m, NUM_CLASSES).permute(0, 3, 1, 2).float().to(device)
         noise = torch.randn((m.shape[0], 1, *m.shape[1:]), generator=generator).to(device)
-        labels = None
-        if groups:
-            cls = [groups.index(e.get("group")) * len(phases) + list(phases).index(e.get("phase"))
-                   if e.get("group") in groups and e.get("phase") in phases else null_class for e in entries[sl]]
-            labels = torch.tensor(cls, device=device)
+        labels = class_labels(entries[sl], groups, phases, device)
         x = sample_diffusion(denoiser, scheduler, noise, num_inference_steps, mask=onehot, class_labels=labels,
                              guidance_scale=guidance_scale, null_class=null_class, generator=generator)
         images.extend(x[:, 0].clamp(-1, 1).cpu().numpy())

@@ -1,0 +1,136 @@
+# Copyright (c) cmr-synth contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""The privacy_audit stage: membership inference against a mask-conditioned image generator, nearest-neighbour
+leakage of its synthetic set, and the release gate that removes near copies.
+
+Roles come from the prepared datalist: members are the generator's training patients (``training``), non-members
+the held-out patients of the same cohort (``validation`` and ``test``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cmrsynth.data.atomic import write_json_atomic
+from cmrsynth.data.datalist import load_json, load_section
+from cmrsynth.errors import CMRDataError
+from cmrsynth.generate import class_labels
+from cmrsynth.labels import NUM_CLASSES
+from cmrsynth.metrics import privacy
+
+NON_MEMBER_SECTIONS = ("validation", "test")
+
+
+def audit_slices(datalist: str | Path, per_patient: int | None = 6, seed: int = 0) -> list[dict]:
+    """Slices of members and non-members with their role; at most ``per_patient`` evenly spaced slices each."""
+    entries = [{**e, "role": "member"} for e in load_section(datalist, "training")]
+    for section in NON_MEMBER_SECTIONS:
+        entries += [{**e, "role": "non_member"} for e in load_section(datalist, section)]
+    if any("patient" not in e for e in entries):
+        raise CMRDataError(Path(datalist), "entries need a 'patient' field to audit per patient")
+    by_patient: dict[str, list[dict]] = {}
+    for e in entries:
+        by_patient.setdefault(e["patient"], []).append(e)
+    picked = []
+    for slices in by_patient.values():
+        idx = np.linspace(0, len(slices) - 1, min(per_patient or len(slices), len(slices))).round().astype(int)
+        picked += [slices[i] for i in sorted(set(idx))]
+    return picked
+
+
+def _bound_denoiser(denoiser, entries: Sequence[dict], groups, phases, device):
+    masks = torch.from_numpy(np.stack([e["mask"] for e in entries]).astype(np.int64))
+    onehot = F.one_hot(masks, NUM_CLASSES).permute(0, 3, 1, 2).float().to(device)
+    labels = class_labels(list(entries), groups, phases, device)
+    return lambda x, t: denoiser(x, t, mask=onehot, class_labels=labels)
+
+
+def attack_scores(denoiser, scheduler, slices: Sequence[dict], groups=None, phases=("ED", "ES"),
+                  timesteps: Sequence[int] = (50, 100, 200, 500), batch_size: int = 32, device="cpu", seed: int = 0) -> dict:
+    """Per-slice scores of every attack (higher = more likely a member), conditioned on each slice's real mask."""
+    denoiser = denoiser.to(device).eval()
+    attacks = {f"loss_t{t}": (lambda d, x, t=t: privacy.loss_scores(d, scheduler, x, t, seed=seed)) for t in timesteps}
+    attacks.update({f"pia_t{t}": (lambda d, x, t=t: privacy.pia_scores(d, scheduler, x, t)) for t in timesteps[:2]})
+    attacks["secmi_t100"] = lambda d, x: privacy.secmi_scores(d, scheduler, x, t=100, interval=10)
+    attacks["midband_t100"] = lambda d, x: privacy.midband_scores(d, scheduler, x, 100, seed=seed)
+    scores = {name: [] for name in attacks}
+    for start in range(0, len(slices), batch_size):
+        chunk = slices[start:start + batch_size]
+        x0 = torch.as_tensor(np.stack([e["array"] for e in chunk]), dtype=torch.float32)[:, None].to(device)
+        bound = _bound_denoiser(denoiser, chunk, groups, phases, device)
+        for name, attack in attacks.items():
+            scores[name].extend(attack(bound, x0).tolist())
+    return scores
+
+
+def membership_table(scores: dict, slices: Sequence[dict], seed: int = 0) -> dict:
+    """Attack metrics per attack from per-slice scores, aggregated per patient (mean over slices)."""
+    patients = [e["patient"] for e in slices]
+    roles = {e["patient"]: e["role"] for e in slices}
+    table = {}
+    for name, values in scores.items():
+        pp = privacy.per_patient(values, patients)
+        members = {p: v for p, v in pp.items() if roles[p] == "member"}
+        non = {p: v for p, v in pp.items() if roles[p] == "non_member"}
+        table[name] = privacy.attack_metrics(members, non, seed=seed)
+    return table
+
+
+def leakage(synthetic_images: np.ndarray, train_images: np.ndarray, holdout_images: np.ndarray,
+            synthetic_masks: np.ndarray | None = None, train_masks: np.ndarray | None = None,
+            holdout_masks: np.ndarray | None = None, quantile: float = 0.01) -> dict:
+    """Pixel-space nearest-neighbour leakage of a synthetic set, and the same for masks (Dice to nearest)."""
+    syn = privacy.nearest_distances(synthetic_images, train_images)
+    hold = privacy.nearest_distances(holdout_images, train_images)
+    out = {"pixel": privacy.leakage_report(syn, hold, quantile), "synthetic_to_train": syn[:, 0].tolist()}
+    if synthetic_masks is not None and train_masks is not None:
+        syn_dice = privacy.mask_dice_nearest(synthetic_masks, train_masks)
+        out["mask_dice_to_nearest_train"] = {"median": float(np.median(syn_dice)), "exact_copies": int((syn_dice >= 0.999).sum())}
+        if holdout_masks is not None:
+            hold_dice = privacy.mask_dice_nearest(holdout_masks, train_masks)
+            out["mask_dice_to_nearest_train"]["holdout_median"] = float(np.median(hold_dice))
+    return out
+
+
+def release(synthetic_datalist: str | Path, real_datalist: str | Path, out_path: str | Path, quantile: float = 0.01,
+            key: str = "training") -> dict:
+    """The release gate: drop synthetic slices closer (pixel RMS) to a training slice than the holdout-calibrated
+    threshold; write the filtered datalist (same folder layout) and a record of what was removed and why."""
+    syn_path = Path(synthetic_datalist)
+    syn_json = syn_path / "datalist.json" if syn_path.is_dir() else syn_path
+    syn = load_section(syn_json, key)
+    train = load_section(real_datalist, "training")
+    holdout = [e for s in NON_MEMBER_SECTIONS for e in load_section(real_datalist, s)]
+    if not syn:
+        raise CMRDataError(syn_json, f"no synthetic slices under {key!r}")
+    train_images = np.stack([e["array"] for e in train])
+    d_syn = privacy.nearest_distances(np.stack([e["array"] for e in syn]), train_images)
+    d_hold = privacy.nearest_distances(np.stack([e["array"] for e in holdout]), train_images)
+    threshold = privacy.copy_threshold(d_hold[:, 0], quantile)
+    keep = privacy.release_gate(d_syn, threshold)
+    data = load_json(syn_json)
+    data[key] = [e for e, k in zip(data[key], keep) if k]
+    removed = [{"synthetic_id": e.get("synthetic_id", e.get("image")), "distance_to_nearest_train": float(d[0]),
+                "reason": f"closer to a training slice than {threshold:.4f} (the {quantile:.0%} quantile of holdout-to-train distances)"}
+               for e, d, k in zip(syn, d_syn, keep) if not k]
+    record = {"threshold": threshold, "quantile": quantile, "kept": int(keep.sum()), "removed": removed,
+              "synthetic_datalist": str(syn_json), "holdout_patients": len({e.get("patient") for e in holdout})}
+    out_path = Path(out_path)
+    if out_path.parent.resolve() != syn_json.parent.resolve():
+        raise ValueError(f"{out_path}: write the filtered datalist beside {syn_json.name} so its relative paths stay valid")
+    write_json_atomic(out_path, data)
+    write_json_atomic(out_path.with_name(out_path.stem + "_release_record.json"), record)
+    return record

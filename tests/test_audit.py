@@ -1,0 +1,85 @@
+# Copyright (c) cmr-synth contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from monai.networks.nets import DiffusionModelUNet
+from monai.networks.schedulers import DDPMScheduler
+
+from cmrsynth.audit import attack_scores, audit_slices, leakage, membership_table, release
+from cmrsynth.data.acdc import read_acdc
+from cmrsynth.data.prepare import PrepareConfig, prepare_cohort
+from cmrsynth.engines import ConditionalDenoiser
+
+
+@pytest.fixture(scope="module")
+def prepared(phantom_cohort_master, tmp_path_factory):
+    out = tmp_path_factory.mktemp("audit") / "p32"
+    prepare_cohort(read_acdc(phantom_cohort_master), out, PrepareConfig(size=32, fractions=(0.6, 0.2, 0.2)))
+    return out
+
+
+def test_audit_slices_take_roles_from_the_split(prepared):
+    slices = audit_slices(prepared, per_patient=3)
+    data = json.loads((prepared / "datalist.json").read_text())
+    members = {e["patient"] for e in data["training"]}
+    assert {e["patient"] for e in slices if e["role"] == "member"} == members
+    assert {e["patient"] for e in slices if e["role"] == "non_member"}.isdisjoint(members)
+    counts = {p: sum(e["patient"] == p for e in slices) for p in {e["patient"] for e in slices}}
+    assert max(counts.values()) <= 3 and all("array" in e and "mask" in e for e in slices)
+
+
+def test_attack_table_scores_every_attack_per_patient(prepared):
+    torch.manual_seed(0)
+    net = DiffusionModelUNet(2, 5, 1, channels=(8, 8), attention_levels=(False, False), num_res_blocks=1, norm_num_groups=8)
+    slices = audit_slices(prepared, per_patient=2)
+    scores = attack_scores(ConditionalDenoiser(net), DDPMScheduler(1000, prediction_type="v_prediction"), slices,
+                           timesteps=(50, 100), batch_size=4)
+    assert set(scores) == {"loss_t50", "loss_t100", "pia_t50", "pia_t100", "secmi_t100", "midband_t100"}
+    assert all(len(v) == len(slices) and np.isfinite(v).all() for v in scores.values())
+    table = membership_table(scores, slices)
+    assert table["loss_t50"]["members"] == 3 and table["loss_t50"]["non_members"] == 2
+    assert 0.0 <= table["pia_t50"]["auc"]["value"] <= 1.0
+
+
+def test_leakage_flags_copied_images_and_masks():
+    rng = np.random.default_rng(0)
+    train, holdout = rng.normal(0, 1, (50, 8, 8)), rng.normal(0, 1, (30, 8, 8))
+    masks = rng.integers(0, 4, (50, 8, 8))
+    synthetic = np.concatenate([rng.normal(0, 1, (20, 8, 8)), train[:5]])
+    out = leakage(synthetic, train, holdout, np.concatenate([masks[20:40], masks[:5]]), masks[:20], masks[40:])
+    assert out["pixel"]["near_copies"] >= 5 and out["mask_dice_to_nearest_train"]["exact_copies"] == 5
+
+
+def test_release_gate_removes_planted_training_slices(prepared, tmp_path):
+    syn = tmp_path / "synthetic"
+    shutil.copytree(prepared, syn)
+    data = json.loads((syn / "datalist.json").read_text())
+    planted = data["training"][:3]
+    honest = [{**e} for e in data["test"]]
+    for e in honest:  # a "generator" that draws new images: the held-out slices, flipped
+        import nibabel as nib
+
+        img = nib.load(syn / e["image"])
+        nib.save(nib.Nifti1Image(np.asarray(img.dataobj)[::-1].copy(), img.affine), syn / e["image"])
+    (syn / "datalist.json").write_text(json.dumps({"training": planted + honest}))
+    record = release(syn / "datalist.json", prepared / "datalist.json", syn / "released.json")
+    kept = json.loads((syn / "released.json").read_text())["training"]
+    assert len(record["removed"]) >= 3 and all(e not in kept for e in planted)
+    assert record["kept"] == len(kept) and "holdout-to-train" in record["removed"][0]["reason"]
+    assert (syn / "released_release_record.json").is_file()
+    with pytest.raises(ValueError, match="beside datalist.json"):
+        release(syn / "datalist.json", prepared / "datalist.json", tmp_path / "elsewhere.json")
