@@ -134,3 +134,97 @@ def release(synthetic_datalist: str | Path, real_datalist: str | Path, out_path:
     write_json_atomic(out_path, data)
     write_json_atomic(out_path.with_name(out_path.stem + "_release_record.json"), record)
     return record
+
+
+def load_generator(bundle: str | Path, run_root: str | Path, device="cpu", overrides: dict | None = None,
+                   checkpoint: str = "checkpoint_final.pt") -> dict:
+    """The audited generator built from its own bundle configs: EMA denoiser, training scheduler, classes.
+
+    ``overrides`` are the config values the generator was trained with, if not its defaults (e.g. a preset).
+    """
+    from monai.bundle import ConfigParser
+
+    bundle, run_root = Path(bundle), Path(run_root)
+    ckpt = run_root / "models" / checkpoint
+    if not ckpt.is_file():
+        raise CMRDataError(ckpt, "generator checkpoint not found (train the generator bundle first)")
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / "common.yaml"))
+    parser.update({**(overrides or {}), "bundle_root": str(run_root), "device": f"$torch.device('{device}')"})
+    ema = parser.get_parsed_content("ema")
+    ema.load_state_dict(torch.load(ckpt, map_location=device, weights_only=True)["ema"])
+    groups = parser.get_parsed_content("groups") if parser.get_parsed_content("num_classes") else None
+    return {"denoiser": ema.module.eval(), "scheduler": parser.get_parsed_content("scheduler"), "groups": groups,
+            "phases": parser.get_parsed_content("phases"), "name": bundle.name, "checkpoint": str(ckpt)}
+
+
+def _nearest_figure(synthetic: np.ndarray, train: np.ndarray, distances: np.ndarray, png: Path, n: int = 6) -> None:
+    """The n synthetic images closest to a training image, each above its nearest training image."""
+    from cmrsynth.report import save_overlay_grid
+
+    order = np.argsort(distances)[:n]
+    flat_train = torch.as_tensor(train, dtype=torch.float32).flatten(1)
+    nearest = [int(torch.cdist(torch.as_tensor(synthetic[i], dtype=torch.float32).flatten()[None], flat_train).argmin()) for i in order]
+    save_overlay_grid([synthetic[i] for i in order] + [train[j] for j in nearest], None, png,
+                      [f"synthetic d={distances[i]:.3f}" for i in order] + ["nearest training slice"] * len(order), ncols=len(order))
+
+
+def report_markdown(result: dict) -> str:
+    """A plain report a data-protection officer can read."""
+    lines = [f"# Privacy audit: {result['generator']}", "",
+             f"Members (the generator's training patients): {result['members']}; non-members (held-out patients of the "
+             f"same cohort): {result['non_members']}. Scores are per patient (mean over up to {result['slices_per_patient']} "
+             "slices). Attack success of 0.5 balanced accuracy / 0.5 AUC means the attacker cannot tell members apart.", "",
+             "| attack | ROC AUC [95 % CI] | TPR at 1 % FPR | TPR at 10 % FPR | balanced accuracy (cross-fitted) [95 % CI] |",
+             "|---|---|---|---|---|"]
+    for name, m in result["membership"].items():
+        ci = lambda k: f"{m[k]['value']:.2f} [{m[k]['ci95'][0]:.2f}, {m[k]['ci95'][1]:.2f}]"  # noqa: E731
+        lines.append(f"| {name} | {ci('auc')} | {m['tpr_at_1pct_fpr']['value']:.2f} | {m['tpr_at_10pct_fpr']['value']:.2f} | {ci('balanced_accuracy')} |")
+    if "leakage" in result:
+        p = result["leakage"]["pixel"]
+        lines += ["", "## Nearest-neighbour leakage (pixel space, RMS distance)", "",
+                  f"- synthetic→train median {p['synthetic_median']:.4f}; holdout→train median {p['holdout_median']:.4f}",
+                  f"- near copies (closer than the {p['threshold_quantile']:.0%} quantile of holdout→train, {p['threshold']:.4f}): "
+                  f"{p['near_copies']} of {p['synthetic']} ({p['near_copy_rate']:.1%})",
+                  f"- NNDR median: synthetic {p['nndr_median_synthetic']:.3f}, holdout {p['nndr_median_holdout']:.3f}"]
+        if "mask_dice_to_nearest_train" in result["leakage"]:
+            md = result["leakage"]["mask_dice_to_nearest_train"]
+            lines.append(f"- masks: median Dice to the nearest training mask {md['median']:.3f} (holdout "
+                         f"{md.get('holdout_median', float('nan')):.3f}); exact copies {md['exact_copies']}")
+        lines.append(f"- closest examples: `{result['leakage'].get('figure', '')}`")
+    return "\n".join(lines) + "\n"
+
+
+def run_audit(generator: dict, real_datalist: str | Path, out_dir: str | Path, synthetic_datalist: str | Path | None = None,
+              synthetic_key: str = "training", per_patient: int | None = 6, timesteps: Sequence[int] = (50, 100, 200, 500),
+              batch_size: int = 32, seed: int = 0, device="cpu", tracking_uri: str | None = None) -> dict:
+    """Audit one generator: membership table and (with a synthetic set) leakage; writes JSON, markdown and PNGs."""
+    from cmrsynth.tracking import tracked_run
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    slices = audit_slices(real_datalist, per_patient, seed)
+    scores = attack_scores(generator["denoiser"], generator["scheduler"], slices, generator["groups"], generator["phases"],
+                           timesteps, batch_size, device, seed)
+    result = {"generator": generator["name"], "checkpoint": generator["checkpoint"], "real_datalist": str(real_datalist),
+              "members": len({e["patient"] for e in slices if e["role"] == "member"}),
+              "non_members": len({e["patient"] for e in slices if e["role"] == "non_member"}),
+              "slices_per_patient": per_patient, "membership": membership_table(scores, slices, seed)}
+    if synthetic_datalist:
+        syn = load_section(synthetic_datalist, synthetic_key)
+        train = load_section(real_datalist, "training")
+        hold = [e for s in NON_MEMBER_SECTIONS for e in load_section(real_datalist, s)]
+        stack = lambda es, k: np.stack([e[k] for e in es])  # noqa: E731
+        result["leakage"] = leakage(stack(syn, "array"), stack(train, "array"), stack(hold, "array"),
+                                    stack(syn, "mask"), stack(train, "mask"), stack(hold, "mask"))
+        png = out_dir / "closest_synthetic_vs_train.png"
+        _nearest_figure(stack(syn, "array"), stack(train, "array"), np.array(result["leakage"]["synthetic_to_train"]), png)
+        result["leakage"]["figure"] = png.name
+    write_json_atomic(out_dir / "audit.json", result)
+    (out_dir / "audit.md").write_text(report_markdown(result))
+    with tracked_run(out_dir, "privacy_audit", generator["name"], {"per_patient": per_patient, "timesteps": list(timesteps)},
+                     tracking_uri) as run:
+        run.log_metrics({f"{a}_auc": m["auc"]["value"] for a, m in result["membership"].items()})
+        run.log_artifact(out_dir / "audit.json")
+        run.log_artifact(out_dir / "audit.md")
+    return result

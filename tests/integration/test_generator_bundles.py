@@ -29,6 +29,7 @@ from tests.conftest import REPO
 
 pytestmark = pytest.mark.integration
 MASKS, IMAGES = REPO / "bundles" / "mask_generator", REPO / "bundles" / "ddpm_cmr"
+AUDIT = REPO / "bundles" / "privacy_audit"
 TINY = {"image_size": 32, "channels": [8, 16], "attention_levels": [False, True], "norm_num_groups": 8,
         "num_head_channels": 8, "batch_size": 8, "epoch_length": 3, "val_interval": 1}
 TRAIN, INFER = ["common.yaml", "train.yaml"], ["common.yaml", "inference.yaml"]
@@ -65,6 +66,25 @@ def test_masks_then_images_chain(prepared, tmp_path):
     items = load_decathlon_datalist(str(out / "datalist.json"), True, "training")  # what seg_utility reads
     assert len(items) == 10 and all(i["image"].endswith(".nii.gz") for i in items)
     assert (out / "samples.png").is_file()
+    _check_privacy_audit(prepared, dd, out / "datalist.json")
+
+
+def _check_privacy_audit(prepared, generator_root, synthetic):
+    """privacy_audit runs on the trained ddpm_cmr: attack table, leakage, report; the release gate writes its record."""
+    audit = generator_root / "audit"
+    run_bundle(AUDIT, ["audit.yaml"], audit, {
+        "generator_bundle": str(IMAGES), "generator_root": str(generator_root), "real_datalist": str(prepared / "datalist.json"),
+        "synthetic_datalist": str(synthetic), "generator_overrides": _tiny(class_conditional=True), "timesteps": [50, 100],
+        "slices_per_patient": 2})
+    result = json.loads((audit / "eval" / "audit" / "audit.json").read_text())
+    assert result["members"] == 3 and result["non_members"] == 2
+    assert {"loss_t50", "pia_t50", "secmi_t100", "midband_t100"} <= set(result["membership"])
+    assert result["leakage"]["pixel"]["synthetic"] == 10
+    assert "| loss_t50 |" in (audit / "eval" / "audit" / "audit.md").read_text()
+    assert (audit / "eval" / "audit" / "closest_synthetic_vs_train.png").is_file()
+    run_bundle(AUDIT, ["release.yaml"], audit, {"real_datalist": str(prepared / "datalist.json"), "synthetic_datalist": str(synthetic)})
+    record = json.loads((synthetic.parent / "datalist_released_release_record.json").read_text())
+    assert record["kept"] + len(record["removed"]) == 10
 
 
 def test_images_for_real_masks_with_ddpm_and_spade(prepared, tmp_path):
