@@ -28,28 +28,12 @@ import json
 import time
 from pathlib import Path
 
-import torch
-
-from cmrsynth.benchmark import REPO, machine, parser, prepared_acdc, replace_marked, write_benchmark
+from cmrsynth.benchmark import REPO, machine, parser, prepared_acdc, replace_marked, untrained_generator, write_benchmark
 from cmrsynth.bundle_run import run_bundle, trainer_progress
 
 BUNDLE = REPO / "bundles" / "seg_utility"
 GENERATORS = REPO / "bundles"
 MNMS2 = REPO.parent / "shared" / "data" / "mnms2_sample"
-
-
-def untrained_generator(root: Path, seed: int) -> Path:
-    """A ddpm_cmr bundle root whose final checkpoint holds freshly initialised weights (the sanity generator)."""
-    from monai.bundle import ConfigParser
-    from monai.utils import set_determinism
-
-    set_determinism(seed)
-    cfg = ConfigParser()
-    cfg.read_config(str(GENERATORS / "ddpm_cmr" / "configs" / "common.yaml"))
-    cfg.update({"device": "$torch.device('cpu')"})
-    (root / "models").mkdir(parents=True, exist_ok=True)
-    torch.save({"ema": cfg.get_parsed_content("ema").state_dict()}, root / "models" / "checkpoint_final.pt")
-    return root
 
 
 def draw_images(generator_root: Path, masks: Path, key: str, out: Path, args) -> Path:
@@ -196,9 +180,6 @@ def main() -> None:
     print(fidelity_table(result))
 
 
-if __name__ == "__main__":
-    main()
-
 
 def _cell(summary: dict, key: str, digits: int = 3) -> str:
     s = summary.get(key)
@@ -229,3 +210,7 @@ def fidelity_table(result: dict) -> str:
         rows.append(f"| {name} | {f['n_synthetic']} | {f['fd_seg']:.2f} | {1000 * f['kid_seg']:.2f} | "
                     f"{m['lv']:.3f} / {m['myo']:.3f} / {m['rv']:.3f} | {paired} | {f['diversity']['synthetic']:.3f} |")
     return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    main()

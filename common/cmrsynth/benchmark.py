@@ -75,6 +75,20 @@ def replace_marked(path: str | Path, name: str, text: str) -> None:
     path.write_text(head + start + "\n" + text.strip() + "\n" + end + rest.split(end, 1)[1])
 
 
+def untrained_generator(root: Path, seed: int) -> Path:
+    """A ddpm_cmr bundle root whose final checkpoint holds freshly initialised weights (the sanity generator)."""
+    from monai.bundle import ConfigParser
+    from monai.utils import set_determinism
+
+    set_determinism(seed)
+    cfg = ConfigParser()
+    cfg.read_config(str(REPO / "bundles" / "ddpm_cmr" / "configs" / "common.yaml"))
+    cfg.update({"device": "$torch.device('cpu')"})
+    (root / "models").mkdir(parents=True, exist_ok=True)
+    torch.save({"ema": cfg.get_parsed_content("ema").state_dict()}, root / "models" / "checkpoint_final.pt")
+    return root
+
+
 def parser(description: str):
     """Command-line options shared by the generator benchmarks."""
     import argparse
@@ -88,11 +102,13 @@ def parser(description: str):
     return p
 
 
-def train_bundle(bundle: Path, data: Path, root: Path, minutes: float, seed: int, threads: int) -> dict:
+def train_bundle(bundle: Path, data: Path, root: Path, minutes: float, seed: int, threads: int,
+                 extra: dict | None = None) -> dict:
     """Train a generator bundle on prepared data within a wall-time budget (resuming if a checkpoint exists)."""
     from cmrsynth.bundle_run import run_bundle, trainer_progress
 
-    overrides = {"dataset_dir": str(data), "max_epochs": 100000, "max_minutes": minutes, "seed": seed}
+    overrides = {"dataset_dir": str(data), "max_epochs": 100000, "max_minutes": minutes, "seed": seed,
+                 "progress_bar": False, **(extra or {})}
     seconds = run_bundle(bundle, ["common.yaml", "train.yaml"], root, overrides, log=root / "train.log",
                          env={"OMP_NUM_THREADS": str(threads)})
     return {"wall_seconds": round(seconds, 1), **trainer_progress(root / "models" / "checkpoint_final.pt")}

@@ -1,0 +1,92 @@
+# Copyright (c) cmr-synth contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""Benchmark of the privacy_audit bundle on real ACDC (CPU preset, 64x64): audits the ddpm_cmr trained by
+scripts/benchmark_ddpm_cmr.py (members: the 50 train patients; non-members: the 20 val + test patients), with
+sanity rows: an untrained ddpm_cmr (must not be caught) and a ddpm_cmr overfit on 5 patients (must be caught).
+
+    python scripts/benchmark_privacy_audit.py --work runs/bench3 --overfit-minutes 12
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from cmrsynth.benchmark import REPO, machine, parser, prepared_acdc, train_bundle, untrained_generator, write_benchmark
+from cmrsynth.bundle_run import run_bundle
+
+BUNDLE = REPO / "bundles" / "privacy_audit"
+DDPM = REPO / "bundles" / "ddpm_cmr"
+
+
+def audit(work: Path, generator_root: Path, datalist: Path, synthetic: Path | None, name: str, threads: int) -> dict:
+    """Run audit.yaml on one trained generator; return its audit.json."""
+    out = work / "privacy_audit" / name
+    overrides = {"generator_bundle": str(DDPM), "generator_root": str(generator_root), "real_datalist": str(datalist),
+                 "output_dir": str(out)}
+    if synthetic is not None and synthetic.is_file():
+        overrides["synthetic_datalist"] = str(synthetic)
+    seconds = run_bundle(BUNDLE, ["audit.yaml"], work / "privacy_audit", overrides, log=work / "privacy_audit" / f"{name}.log",
+                         env={"OMP_NUM_THREADS": str(threads)})
+    result = json.loads((out / "audit.json").read_text())
+    result["audit_wall_seconds"] = round(seconds, 1)
+    if "leakage" in result:  # the per-sample list stays in the run folder
+        result["leakage"].pop("synthetic_to_train", None)
+    return result
+
+
+def few_patient_datalist(data: Path, k: int) -> Path:
+    """The prepared datalist with its training section cut to k patients (one per group first), in the same folder."""
+    d = json.loads((data / "datalist.json").read_text())
+    chosen, seen = [], set()
+    for e in d["training"]:
+        if e["group"] not in seen and len(chosen) < k:
+            chosen.append(e["patient"])
+            seen.add(e["group"])
+    d["training"] = [e for e in d["training"] if e["patient"] in chosen]
+    path = data / f"datalist_{k}patients.json"
+    path.write_text(json.dumps(d))
+    return path
+
+
+def main() -> None:
+    p = parser(__doc__.split("\n\n")[0])
+    p.set_defaults(threads=2)
+    p.add_argument("--overfit-minutes", type=float, default=12.0, help="training budget of the 5-patient generator (0: skip)")
+    args = p.parse_args()
+    work = Path(args.work)
+    data = prepared_acdc(work / "acdc64", 64)
+    path = BUNDLE / "docs" / "benchmark.json"
+    result = json.loads(path.read_text()) if path.is_file() else {}
+    result.update({"bundle": "privacy_audit", "machine": machine(), "threads": args.threads,
+                   "data": "ACDC (../shared/data/acdc), 64x64, seed-0 split: members = the generator's training patients, "
+                           "non-members = the 20 val + test patients"})
+    audits = result.setdefault("audits", {})
+    runs = {"ddpm_cmr (benchmark generator, 50 members)": (work / "ddpm_cmr", data / "datalist.json",
+                                                         work / "synthetic" / "images" / "datalist.json"),
+            "untrained ddpm_cmr (sanity: must not be caught)": (untrained_generator(work / "ddpm_cmr_untrained", args.seed),
+                                                                data / "datalist.json", None)}
+    if args.overfit_minutes > 0:
+        few = few_patient_datalist(data, 5)
+        root = work / "ddpm_cmr_overfit5"
+        training = train_bundle(DDPM, data, root, args.overfit_minutes, args.seed, args.threads, {"datalist": str(few)})
+        result["overfit_training"] = {"patients": 5, "budget_minutes": args.overfit_minutes, **training}
+        runs["ddpm_cmr overfit on 5 patients (sanity: must be caught)"] = (root, few, None)
+    for name, (root, datalist, synthetic) in runs.items():
+        audits[name] = audit(work, root, datalist, synthetic, name.split(" (")[0].replace(" ", "_"), args.threads)
+        result["finished"] = time.strftime("%Y-%m-%d %H:%M")
+        write_benchmark(path, result)
+    print(json.dumps({n: {k: round(v["auc"]["value"], 3) for k, v in a["membership"].items()} for n, a in audits.items()}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
