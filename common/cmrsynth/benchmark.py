@@ -97,7 +97,8 @@ def parser(description: str):
     p.add_argument("--minutes", type=float, default=50.0, help="training wall-time budget")
     p.add_argument("--threads", type=int, default=1, help="CPU threads (two benchmarks can share the 2 cores)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--stage", choices=["all", "train", "evaluate"], default="all")
+    p.add_argument("--stage", choices=["all", "train", "evaluate", "render"], default="all",
+                   help="render: only rewrite docs/README.md from the committed benchmark.json")
     p.add_argument("--work", default=str(REPO / "runs" / "bench"), help="working folder (data, checkpoints)")
     return p
 
