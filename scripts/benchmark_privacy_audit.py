@@ -21,18 +21,19 @@ import json
 import time
 from pathlib import Path
 
-from cmrsynth.benchmark import REPO, machine, parser, prepared_acdc, train_bundle, untrained_generator, write_benchmark
+from cmrsynth.benchmark import REPO, machine, parser, prepared_acdc, replace_marked, train_bundle, untrained_generator, write_benchmark
 from cmrsynth.bundle_run import run_bundle
 
 BUNDLE = REPO / "bundles" / "privacy_audit"
 DDPM = REPO / "bundles" / "ddpm_cmr"
 
 
-def audit(work: Path, generator_root: Path, datalist: Path, synthetic: Path | None, name: str, threads: int) -> dict:
+def audit(work: Path, generator_root: Path, datalist: Path, synthetic: Path | None, name: str, threads: int,
+          slices_per_patient: int) -> dict:
     """Run audit.yaml on one trained generator; return its audit.json."""
     out = work / "privacy_audit" / name
     overrides = {"generator_bundle": str(DDPM), "generator_root": str(generator_root), "real_datalist": str(datalist),
-                 "output_dir": str(out)}
+                 "output_dir": str(out), "slices_per_patient": slices_per_patient}
     if synthetic is not None and synthetic.is_file():
         overrides["synthetic_datalist"] = str(synthetic)
     seconds = run_bundle(BUNDLE, ["audit.yaml"], work / "privacy_audit", overrides, log=work / "privacy_audit" / f"{name}.log",
@@ -58,9 +59,24 @@ def few_patient_datalist(data: Path, k: int) -> Path:
     return path
 
 
+def results_markdown(result: dict) -> str:
+    """Per generator: the attack table (best timestep per attack family shown first) and the leakage summary."""
+    from cmrsynth.audit import report_markdown
+
+    parts = [f"Measured on {result['machine']['date']}, {result['data']}; {result['threads']} torch threads."]
+    if "overfit_training" in result:
+        o = result["overfit_training"]
+        parts.append(f"The overfit sanity generator trained {o['iteration']} steps ({o['budget_minutes']:.0f} min) on {o['patients']} patients.")
+    for name, a in result["audits"].items():
+        body = report_markdown(a).split("\n", 1)[1]  # drop the report's own title
+        parts.append(f"### {name}\n{body}")
+    return "\n\n".join(parts)
+
+
 def main() -> None:
     p = parser(__doc__.split("\n\n")[0])
     p.set_defaults(threads=2)
+    p.add_argument("--slices-per-patient", type=int, default=6)
     p.add_argument("--overfit-minutes", type=float, default=12.0, help="training budget of the 5-patient generator (0: skip)")
     args = p.parse_args()
     work = Path(args.work)
@@ -82,9 +98,11 @@ def main() -> None:
         result["overfit_training"] = {"patients": 5, "budget_minutes": args.overfit_minutes, **training}
         runs["ddpm_cmr overfit on 5 patients (sanity: must be caught)"] = (root, few, None)
     for name, (root, datalist, synthetic) in runs.items():
-        audits[name] = audit(work, root, datalist, synthetic, name.split(" (")[0].replace(" ", "_"), args.threads)
+        audits[name] = audit(work, root, datalist, synthetic, name.split(" (")[0].replace(" ", "_"), args.threads,
+                              args.slices_per_patient)
         result["finished"] = time.strftime("%Y-%m-%d %H:%M")
         write_benchmark(path, result)
+    replace_marked(BUNDLE / "docs" / "README.md", "results", results_markdown(result))
     print(json.dumps({n: {k: round(v["auc"]["value"], 3) for k, v in a["membership"].items()} for n, a in audits.items()}, indent=1))
 
 

@@ -64,6 +64,7 @@ def run_bundle(
     t0 = time.perf_counter()
     full_env = {**os.environ, **(env or {})}
     if log is not None:
+        Path(log).parent.mkdir(parents=True, exist_ok=True)
         with open(log, "a") as f:
             proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=full_env, timeout=timeout)
         tail = Path(log).read_text()[-3000:] if proc.returncode else ""

@@ -21,7 +21,8 @@ Membership inference (scores are "higher = more likely a member", one per slice,
 
 ``attack_metrics`` turns member / non-member patient scores into ROC AUC, TPR at 1 % and 10 % FPR and balanced
 accuracy, with bootstrap intervals over patients; the balanced-accuracy threshold is fitted on one half of the
-patients and applied to the other (two-fold cross-fitting), never on the pairs it scores.
+patients and applied to the other (two-fold cross-fitting), never on the pairs it scores, and the bootstrap
+resamples those out-of-fold calls rather than refitting (a resample holds duplicates that would leak).
 
 Leakage: ``nearest_distances`` / ``leakage_report`` compare synthetic→train with holdout→train distances, and
 ``release_gate`` drops synthetic samples closer to a training sample than a holdout-calibrated threshold.
@@ -163,16 +164,30 @@ def _best_threshold(members: np.ndarray, non_members: np.ndarray) -> float:
     return float(candidates[int(np.argmax(accs))])
 
 
-def cross_fitted_accuracy(members: np.ndarray, non_members: np.ndarray, seed: int = 0) -> float:
-    """Balanced accuracy of a threshold fitted on one half of the patients and applied to the other (both ways)."""
+def out_of_fold_calls(members: np.ndarray, non_members: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Member / non-member calls for every patient from a threshold fitted on the other half of the patients.
+
+    Two-fold cross-fitting: patients are split at random into halves; each half is called with the threshold
+    that maximises balanced accuracy on the other half, so no threshold ever sees the scores it calls.
+
+    Returns:
+        (called-member flags of the members, called-member flags of the non-members), in input order.
+    """
+    m, n = np.asarray(members, float), np.asarray(non_members, float)
     rng = np.random.default_rng(seed)
-    m, n = rng.permutation(np.asarray(members, float)), rng.permutation(np.asarray(non_members, float))
-    halves = [(m[: len(m) // 2], n[: len(n) // 2]), (m[len(m) // 2:], n[len(n) // 2:])]
-    accs = []
-    for fit, score in ((halves[0], halves[1]), (halves[1], halves[0])):
-        c = _best_threshold(*fit)
-        accs.append(0.5 * ((score[0] >= c).mean() + (score[1] < c).mean()))
-    return float(np.mean(accs))
+    fold_m, fold_n = rng.permutation(len(m)) % 2, rng.permutation(len(n)) % 2
+    call_m, call_n = np.zeros(len(m), bool), np.zeros(len(n), bool)
+    for fold in (0, 1):
+        c = _best_threshold(m[fold_m != fold], n[fold_n != fold])
+        call_m[fold_m == fold] = m[fold_m == fold] >= c
+        call_n[fold_n == fold] = n[fold_n == fold] >= c
+    return call_m, call_n
+
+
+def cross_fitted_accuracy(members: np.ndarray, non_members: np.ndarray, seed: int = 0) -> float:
+    """Balanced accuracy of the out-of-fold calls (see ``out_of_fold_calls``)."""
+    call_m, call_n = out_of_fold_calls(members, non_members, seed)
+    return float(0.5 * (call_m.mean() + (~call_n).mean()))
 
 
 def attack_metrics(member_scores: Mapping[str, float], non_member_scores: Mapping[str, float], n_boot: int = 1000,
@@ -186,15 +201,17 @@ def attack_metrics(member_scores: Mapping[str, float], non_member_scores: Mappin
     m, n = np.array(list(member_scores.values()), float), np.array(list(non_member_scores.values()), float)
     if len(m) < 2 or len(n) < 2:
         raise ValueError(f"need at least 2 member and 2 non-member patients, got {len(m)} and {len(n)}")
-    stats = {"auc": roc_auc, "tpr_at_1pct_fpr": lambda a, b: tpr_at_fpr(a, b, 0.01),
-             "tpr_at_10pct_fpr": lambda a, b: tpr_at_fpr(a, b, 0.10),
-             "balanced_accuracy": lambda a, b: cross_fitted_accuracy(a, b, seed)}
+    call_m, call_n = out_of_fold_calls(m, n, seed)  # fixed once: resampling must not refit thresholds
+    balanced = lambda i, j: 0.5 * (call_m[i].mean() + (~call_n[j]).mean())  # noqa: E731
+    stats = {"auc": lambda i, j: roc_auc(m[i], n[j]), "tpr_at_1pct_fpr": lambda i, j: tpr_at_fpr(m[i], n[j], 0.01),
+             "tpr_at_10pct_fpr": lambda i, j: tpr_at_fpr(m[i], n[j], 0.10), "balanced_accuracy": balanced}
     rng = np.random.default_rng(seed)
-    boots = [(m[rng.integers(0, len(m), len(m))], n[rng.integers(0, len(n), len(n))]) for _ in range(n_boot)]
+    boots = [(rng.integers(0, len(m), len(m)), rng.integers(0, len(n), len(n))) for _ in range(n_boot)]
     out: dict = {"members": len(m), "non_members": len(n)}
+    everyone = (np.arange(len(m)), np.arange(len(n)))
     for name, fn in stats.items():
-        values = [fn(a, b) for a, b in boots]
-        out[name] = {"value": fn(m, n), "ci95": [float(np.quantile(values, 0.025)), float(np.quantile(values, 0.975))]}
+        values = [fn(i, j) for i, j in boots]
+        out[name] = {"value": float(fn(*everyone)), "ci95": [float(np.quantile(values, 0.025)), float(np.quantile(values, 0.975))]}
     return out
 
 
