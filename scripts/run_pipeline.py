@@ -12,7 +12,8 @@
 
 Stages: draw a phantom cohort in the ACDC layout; prepare it into 2D slices with a patient-level split; train
 the mask_generator and ddpm_cmr bundles (through \`\`python -m monai.bundle run\`\`, a short wall-time budget each);
-sample masks per (group, phase), then images on them. Every step is tracked in one MLflow store under the run
+sample masks per (group, phase), then images on them; train seg_utility on real and on real + synthetic slices and
+score both on the real test patients; score ddpm_cmr's fidelity; audit its privacy. Every step is tracked in one MLflow store under the run
 folder. The demo budgets are minutes, so its images show the chain works, not what the models can do: the
 benchmarks (scripts/benchmark_*.py) train on real data.
 
@@ -57,6 +58,36 @@ def train_and_sample(out: Path, prepared: Path, size: int, minutes: float, steps
     }
 
 
+def score_and_audit(out: Path, prepared: Path, size: int, minutes: float, steps: int) -> dict:
+    """seg_utility (real only and real + synthetic, scored on the real test patients), the fidelity of ddpm_cmr's
+    images of the real test masks, and a privacy audit of ddpm_cmr."""
+    tracking = ["--tracking", "mlflow", "--tracking_uri", tracking_uri(out)]
+    seg, images, audit = REPO / "bundles" / "seg_utility", REPO / "bundles" / "ddpm_cmr", REPO / "bundles" / "privacy_audit"
+    real = str(prepared / "datalist.json")
+    synthetic = str(out / "ddpm_cmr" / "eval" / "images" / "datalist.json")
+    modes = {"real": [{"datalist": real, "key": "training"}],
+             "real_synthetic": [{"datalist": real, "key": "training"}, {"datalist": synthetic, "key": "training", "ratio": 1.0}]}
+    result: dict = {"utility": {}}
+    for mode, sources in modes.items():
+        root = out / "seg_utility" / mode
+        run_bundle(seg, ["common.yaml", "train.yaml"], root, {"real_datalist": real, "sources": sources, "image_size": size,
+                   "max_minutes": minutes, "max_epochs": 100000, "epoch_length": 10, "progress_bar": False}, extra_args=tracking)
+        run_bundle(seg, ["common.yaml", "evaluate.yaml"], root, {"real_datalist": real, "eval_key": "test"})
+        summary = json.loads((root / "eval" / "evaluation" / "metrics.json").read_text())["summary"]
+        result["utility"][mode] = {k: v["mean"] for k, v in summary.items() if "/dice_" in k}
+    paired = out / "ddpm_cmr" / "eval" / "test_masks"
+    run_bundle(images, ["common.yaml", "inference.yaml"], out / "ddpm_cmr",
+               {"image_size": size, "mask_datalist": real, "mask_key": "test", "output_dir": str(paired), "num_inference_steps": steps})
+    run_bundle(seg, ["common.yaml", "fidelity.yaml"], out / "seg_utility" / "real",
+               {"real_datalist": real, "synthetic_datalist": str(paired / "datalist.json")})
+    result["fidelity"] = json.loads((out / "seg_utility" / "real" / "eval" / "fidelity" / "fidelity.json").read_text())
+    run_bundle(audit, ["audit.yaml"], out / "privacy_audit",
+               {"generator_bundle": str(images), "generator_root": str(out / "ddpm_cmr"), "real_datalist": real,
+                "synthetic_datalist": synthetic, "generator_overrides": {"image_size": size}, "tracking_uri": tracking_uri(out)})
+    result["privacy"] = json.loads((out / "privacy_audit" / "eval" / "audit" / "audit.json").read_text())
+    return result
+
+
 def run(out: Path, n_per_group: int, size: int, seed: int, overwrite: bool, minutes: float, steps: int) -> dict:
     """Phantom cohort -> prepared slices -> generators trained and sampled, tracked in MLflow."""
     cfg = PrepareConfig(size=size, seed=seed)
@@ -75,6 +106,12 @@ def run(out: Path, n_per_group: int, size: int, seed: int, overwrite: bool, minu
                            "synthetic_images": summary["generated"]["images"]["generated"]})
             t.log_artifact(out / "mask_generator" / "eval" / "masks" / "masks.png")
             t.log_artifact(out / "ddpm_cmr" / "eval" / "images" / "samples.png")
+            scores = score_and_audit(out, out / "prepared", size, minutes, steps)
+            summary["scores"] = scores
+            t.log_metrics({f"dice_lv_ed_{mode}": d.get("ED/dice_lv", float("nan")) for mode, d in scores["utility"].items()})
+            t.log_metrics({"fd_seg": scores["fidelity"]["fd_seg"], "ssim": scores["fidelity"]["paired"]["ssim"],
+                           "membership_auc_loss_t100": scores["privacy"]["membership"]["loss_t100"]["auc"]["value"]})
+            t.log_artifact(out / "privacy_audit" / "eval" / "audit" / "audit.md")
     return summary
 
 
@@ -101,6 +138,14 @@ def main(argv: list[str] | None = None) -> int:
         m, i = summary["generated"]["masks"], summary["generated"]["images"]
         print(f"synthetic masks: {m['generated']} ({m['plausibility_rate']:.0%} plausible) -> {out / 'mask_generator/eval/masks'}")
         print(f"synthetic images: {i['generated']} ({i['seconds_per_image']:.2f} s each) -> {out / 'ddpm_cmr/eval/images'}")
+        sc = summary["scores"]
+        for mode, d in sc["utility"].items():
+            print(f"segmenter trained on {mode}: test Dice LV ED {d.get('ED/dice_lv', float('nan')):.3f} -> {out / 'seg_utility' / mode}")
+        f = sc["fidelity"]
+        print(f"fidelity of ddpm_cmr on the test masks: FD (segmenter features, not Inception) {f['fd_seg']:.3f}, "
+              f"SSIM {f['paired']['ssim']:.3f}, mask faithfulness LV Dice {f['mask_faithfulness']['lv']:.3f}")
+        print(f"privacy audit: loss-attack AUC {sc['privacy']['membership']['loss_t100']['auc']['value']:.2f} "
+              f"-> {out / 'privacy_audit/eval/audit/audit.md'}")
     print(f"picture: {out / 'prepared_slices.png'}\nMLflow store: {out / 'mlflow.db'}  (mlflow ui --backend-store-uri sqlite:///{out / 'mlflow.db'})")
     return 0
 

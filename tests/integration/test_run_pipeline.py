@@ -45,6 +45,10 @@ def test_main_job_on_phantom_data(tmp_path):
     assert {"mask_generator", "ddpm_cmr"} <= bundle_experiments, "the bundles' training is tracked in the same store"
     images = json.loads((out / "ddpm_cmr" / "eval" / "images" / "datalist.json").read_text())["training"]
     assert len(images) == 20 and (out / "ddpm_cmr" / "eval" / "images" / images[0]["image"]).is_file()
+    assert {"seg_utility", "privacy_audit"} <= bundle_experiments
+    assert {"dice_lv_ed_real", "dice_lv_ed_real_synthetic", "fd_seg", "membership_auc_loss_t100"} <= set(run.data.metrics)
+    assert "| loss_t100 |" in (out / "privacy_audit" / "eval" / "audit" / "audit.md").read_text()
+    assert "segmenter trained on real_synthetic" in proc.stdout
 
 
 def test_main_job_refuses_to_clobber(tmp_path):
