@@ -17,7 +17,7 @@ __version__ = "0.1.0"
 import importlib
 
 _SUBMODULES = (
-    "audit", "benchmark", "bundle_run", "data", "engines", "errors", "generate", "labels", "masks", "metrics", "report", "segment",
+    "audit", "benchmark", "bundle_run", "data", "dp", "engines", "errors", "generate", "labels", "masks", "metrics", "report", "segment",
     "tracking", "transforms",
 )
 

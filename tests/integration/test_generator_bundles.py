@@ -147,3 +147,18 @@ def test_two_process_ddp_training_with_torchrun(prepared, tmp_path):
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     assert trainer_progress(tmp_path / "models" / "checkpoint_final.pt")["epoch"] == 2
     assert "val_mse" in proc.stdout + proc.stderr
+
+
+def test_dp_training_overlay_reports_epsilon_to_mlflow_and_checkpoints_the_accountant(prepared, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    n = len(json.loads((prepared / "datalist.json").read_text())["training"])
+    run_bundle(IMAGES, TRAIN + ["dp_train.yaml"], tmp_path,
+               _tiny(dataset_dir=str(prepared), max_epochs=2, dp_target_epsilon=8.0, dp_delta=1.0 / (2 * n), dp_epochs=4),
+               extra_args=["--tracking", "mlflow"], env={"MLFLOW_TRACKING_URI": ""})
+    state = torch.load(tmp_path / "models" / "checkpoint_final.pt", weights_only=False)
+    assert state["dp"]["history"], "the accountant's steps are checkpointed"
+    client = MlflowClient(f"sqlite:///{tmp_path / 'eval' / 'mlflow.db'}")
+    [exp] = [e for e in client.search_experiments() if e.name == "ddpm_cmr"]
+    [run] = client.search_runs([exp.experiment_id])
+    assert 0 < run.data.metrics["dp_epsilon"] <= 8.0
