@@ -26,7 +26,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from cmrsynth.benchmark import REPO, load_section, parser, replace_marked, run_benchmark, validation_losses
+from cmrsynth.benchmark import REPO, load_section, parser, replace_marked, run_benchmark, training_rows, validation_losses
 from cmrsynth.bundle_run import run_bundle
 from cmrsynth.masks import plausibility, shape_distances, shape_stats
 from cmrsynth.report import save_overlay_grid
@@ -72,15 +72,8 @@ def evaluate(args, data: Path, root: Path) -> dict:
 
 def results_markdown(r: dict) -> str:
     """The docs table rendered from benchmark.json."""
-    t, e = r["training"], r["evaluation"]
-    curve = ", ".join(f"{c['epoch']}: {c['val_mse_ema']:.4f}" for c in t.get("validation_curve", []))
-    v = e["validation_mse_raw_vs_ema"]
-    lines = [f"Measured on {r['machine']['date']}, {r['data']}; {r['machine']['cores']}-core CPU, {r['threads']} torch threads.", "",
-             "| | value |", "|---|---|",
-             f"| training | {t['iteration']} steps ({t['epoch']} epochs), batch {t['batch_size']}, {t['training_wall_seconds'] / 60:.0f} min "
-             f"(budget {t['budget_minutes']:.0f} min), {t['seconds_per_step']:.2f} s/step |",
-             f"| validation MSE (EMA) by epoch | {curve} |",
-             f"| final validation MSE, raw vs EMA weights | {v['raw']:.4f} vs {v['ema']:.4f} |",
+    e = r["evaluation"]
+    lines = training_rows(r) + [
              f"| sampling | {e['masks_generated']} masks, {e['sampler']}, {e['seconds_per_mask']:.2f} s per mask |",
              f"| **plausibility rate** | **{e['plausibility_rate']:.0%}** of generated masks (real test masks: "
              f"{e['real_test_plausibility_rate']:.0%}); failed checks: {e['failed_checks']} |",

@@ -64,6 +64,19 @@ def write_benchmark(path: str | Path, result: dict) -> None:
     write_json_atomic(path, clean(result))
 
 
+def training_rows(r: dict, conditioning: str | None = None) -> list[str]:
+    """The first rows of a generator's docs table, from its benchmark.json: where it ran and how it trained."""
+    t, v = r["training"], r["evaluation"]["validation_mse_raw_vs_ema"]
+    curve = ", ".join(f"{c['epoch']}: {c['val_mse_ema']:.4f}" for c in t.get("validation_curve", []))
+    how = f", {conditioning} conditioning" if conditioning else ""
+    return [f"Measured on {r['machine']['date']}, {r['data']}; {r['machine']['cores']}-core CPU, {r['threads']} torch threads.", "",
+            "| | value |", "|---|---|",
+            f"| training | {t['iteration']} steps ({t['epoch']} epochs), batch {t['batch_size']}{how}, "
+            f"{t['training_wall_seconds'] / 60:.0f} min (budget {t['budget_minutes']:.0f} min), {t['seconds_per_step']:.2f} s/step |",
+            f"| validation MSE (EMA) by epoch | {curve} |",
+            f"| final validation MSE, raw vs EMA weights | {v['raw']:.4f} vs {v['ema']:.4f} |"]
+
+
 def replace_marked(path: str | Path, name: str, text: str) -> None:
     """Replace the text between ``<!-- name -->`` and ``<!-- /name -->`` in a docs file (rendered results)."""
     path = Path(path)
