@@ -169,6 +169,12 @@ def main() -> None:
         result["modes"][mode] = run_mode(mode, args, real, synthetic, work)
         result["finished"] = time.strftime("%Y-%m-%d %H:%M")
         write_benchmark(path, result)
+    import shutil
+
+    for mode in ("real", "synthetic", "mixed"):
+        png = work / "seg_utility" / mode / "eval" / "acdc_test" / "predictions.png"
+        if png.is_file():
+            shutil.copy(png, BUNDLE / "docs" / f"predictions_{mode}.png")
     if not args.skip_fidelity:
         result["fidelity"] = fidelity(args, real, synthetic, work)
         result["finished"] = time.strftime("%Y-%m-%d %H:%M")
