@@ -10,9 +10,11 @@
 # limitations under the License.
 """Benchmark of the privacy_audit bundle on real ACDC (CPU preset, 64x64): audits the ddpm_cmr trained by
 scripts/benchmark_ddpm_cmr.py (members: the 50 train patients; non-members: the 20 val + test patients), with
-sanity rows: an untrained ddpm_cmr (must not be caught) and a ddpm_cmr overfit on 5 patients (must be caught).
+sanity rows: an untrained ddpm_cmr (must not be caught) and a ddpm_cmr overfit on 5 patients (must be caught);
+and its DP-SGD twin (same config and data plus configs/dp_train.yaml, same wall-time budget), whose images on the
+mask_generator masks go to scripts/benchmark_seg_utility.py --modes synthetic-dp for utility.
 
-    python scripts/benchmark_privacy_audit.py --work runs/bench3 --overfit-minutes 12
+    python scripts/benchmark_privacy_audit.py --work runs/bench3 --overfit-minutes 12 --dp-minutes 30
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import json
 import time
 from pathlib import Path
 
-from cmrsynth.benchmark import REPO, machine, parser, prepared_acdc, replace_marked, train_bundle, untrained_generator, write_benchmark
+from cmrsynth.benchmark import REPO, draw_images, machine, parser, prepared_acdc, replace_marked, train_bundle, untrained_generator, write_benchmark
 from cmrsynth.bundle_run import run_bundle
 
 BUNDLE = REPO / "bundles" / "privacy_audit"
@@ -36,6 +38,9 @@ def audit(work: Path, generator_root: Path, datalist: Path, synthetic: Path | No
                  "output_dir": str(out), "slices_per_patient": slices_per_patient}
     if synthetic is not None and synthetic.is_file():
         overrides["synthetic_datalist"] = str(synthetic)
+        encoder = work / "seg_utility" / "real"  # the real-only segmenter of scripts/benchmark_seg_utility.py
+        if (encoder / "models" / "model.pt").is_file():
+            overrides.update(feature_encoder_root=str(encoder), feature_encoder_bundle=str(REPO / "bundles" / "seg_utility"))
     seconds = run_bundle(BUNDLE, ["audit.yaml"], work / "privacy_audit", overrides, log=work / "privacy_audit" / f"{name}.log",
                          env={"OMP_NUM_THREADS": str(threads)})
     result = json.loads((out / "audit.json").read_text())
@@ -59,6 +64,17 @@ def few_patient_datalist(data: Path, k: int) -> Path:
     return path
 
 
+def dp_epsilon_spent(train_log: Path) -> dict:
+    """The last (epsilon, delta, noise multiplier) the DP-SGD handler logged in a bundle's train.log."""
+    import re
+
+    found = re.findall(r"DP-SGD: epsilon=([\d.]+) at delta=([\de.+-]+) \(noise multiplier ([\d.]+)\)", train_log.read_text())
+    if not found:
+        raise SystemExit(f"{train_log}: no DP-SGD epsilon logged (did training run with dp_train.yaml?)")
+    eps, delta, noise = found[-1]
+    return {"epsilon": float(eps), "delta": float(delta), "noise_multiplier": float(noise)}
+
+
 def results_markdown(result: dict) -> str:
     """Per generator: the attack table (best timestep per attack family shown first) and the leakage summary."""
     from cmrsynth.audit import report_markdown
@@ -67,6 +83,11 @@ def results_markdown(result: dict) -> str:
     if "overfit_training" in result:
         o = result["overfit_training"]
         parts.append(f"The overfit sanity generator trained {o['iteration']} steps ({o['budget_minutes']:.0f} min) on {o['patients']} patients.")
+    if "dp_training" in result:
+        d = result["dp_training"]
+        parts.append(f"The DP-SGD twin trained {d['iteration']} steps ({d['wall_seconds'] / 60:.0f} min, budget {d['budget_minutes']:.0f} min) "
+                     f"on the same 50 members and config plus `dp_train.yaml`: (ε, δ) = ({d['epsilon']:.2f}, {d['delta']:g}) spent, "
+                     f"noise multiplier {d['noise_multiplier']:.3f}, clipping norm {d['max_grad_norm']}.")
     for name, a in result["audits"].items():
         body = report_markdown(a).split("\n", 1)[1]  # drop the report's own title
         parts.append(f"### {name}\n{body}")
@@ -78,6 +99,9 @@ def main() -> None:
     p.set_defaults(threads=2)
     p.add_argument("--slices-per-patient", type=int, default=6)
     p.add_argument("--overfit-minutes", type=float, default=12.0, help="training budget of the 5-patient generator (0: skip)")
+    p.add_argument("--dp-minutes", type=float, default=0.0, help="training budget of the DP-SGD twin (0: skip)")
+    p.add_argument("--dp-epochs", type=int, default=50, help="planned passes of the DP twin (sets its noise for epsilon 10)")
+    p.add_argument("--audits", default="benchmark,untrained,overfit,dp", help="which audits to (re)run")
     args = p.parse_args()
     work = Path(args.work)
     data = prepared_acdc(work / "acdc64", 64)
@@ -87,11 +111,26 @@ def main() -> None:
                    "data": "ACDC (../shared/data/acdc), 64x64, seed-0 split: members = the generator's training patients, "
                            "non-members = the 20 val + test patients"})
     audits = result.setdefault("audits", {})
-    runs = {"ddpm_cmr (benchmark generator, 50 members)": (work / "ddpm_cmr", data / "datalist.json",
-                                                         work / "synthetic" / "images" / "datalist.json"),
-            "untrained ddpm_cmr (sanity: must not be caught)": (untrained_generator(work / "ddpm_cmr_untrained", args.seed),
-                                                                data / "datalist.json", None)}
-    if args.overfit_minutes > 0:
+    wanted = args.audits.split(",")
+    runs = {}
+    if "benchmark" in wanted:
+        runs["ddpm_cmr (benchmark generator, 50 members)"] = (work / "ddpm_cmr", data / "datalist.json",
+                                                             work / "synthetic" / "images" / "datalist.json")
+    if "untrained" in wanted:
+        runs["untrained ddpm_cmr (sanity: must not be caught)"] = (untrained_generator(work / "ddpm_cmr_untrained", args.seed),
+                                                                   data / "datalist.json", None)
+    if "dp" in wanted and args.dp_minutes > 0:
+        root = work / "ddpm_cmr_dp"
+        if "dp_training" not in result:  # a rerun audits the trained twin instead of training it further
+            training = train_bundle(DDPM, data, root, args.dp_minutes, args.seed, args.threads, {"dp_epochs": args.dp_epochs},
+                                    overlays=("dp_train.yaml",))
+            result["dp_training"] = {"budget_minutes": args.dp_minutes, "planned_epochs": args.dp_epochs, "max_grad_norm": 1.0,
+                                     **training, **dp_epsilon_spent(root / "train.log")}
+            write_benchmark(path, result)
+        masks = work / "synthetic" / "masks" / "datalist.json"
+        synthetic = draw_images(root, masks, "synthetic", work / "synthetic" / "dp", args.seed + 1, args.threads)
+        runs["DP-SGD ddpm_cmr (twin of the benchmark generator, 50 members)"] = (root, data / "datalist.json", synthetic)
+    if "overfit" in wanted and args.overfit_minutes > 0:
         few = few_patient_datalist(data, 5)
         root = work / "ddpm_cmr_overfit5"
         training = train_bundle(DDPM, data, root, args.overfit_minutes, args.seed, args.threads, {"datalist": str(few)})

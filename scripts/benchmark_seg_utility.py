@@ -16,6 +16,7 @@ scripts/benchmark_ddpm_cmr.py). Modes (--modes; results merge into bundles/seg_u
 - real: the 50 real train patients (baseline; its model is the fidelity scorer)
 - synthetic: synthetic images only (ddpm_cmr DDIM-50 on mask_generator masks)
 - synthetic-untrained: the same masks drawn by an untrained ddpm_cmr (sanity row)
+- synthetic-dp: the same masks drawn by the DP-SGD ddpm_cmr of scripts/benchmark_privacy_audit.py --dp-minutes
 - mixed: real + synthetic, one synthetic slice per real slice
 - fewN / fewN+syn: N real patients (round-robin over groups), without / with the synthetic set
 
@@ -28,22 +29,12 @@ import json
 import time
 from pathlib import Path
 
-from cmrsynth.benchmark import REPO, machine, parser, prepared_acdc, replace_marked, untrained_generator, write_benchmark
+from cmrsynth.benchmark import REPO, draw_images, machine, parser, prepared_acdc, replace_marked, untrained_generator, write_benchmark
 from cmrsynth.bundle_run import run_bundle, trainer_progress
 
 BUNDLE = REPO / "bundles" / "seg_utility"
 GENERATORS = REPO / "bundles"
 MNMS2 = REPO.parent / "shared" / "data" / "mnms2_sample"
-
-
-def draw_images(generator_root: Path, masks: Path, key: str, out: Path, args) -> Path:
-    """ddpm_cmr DDIM-50 images for the masks of a datalist section; returns the synthetic datalist."""
-    if not (out / "datalist.json").is_file():
-        out.parent.mkdir(parents=True, exist_ok=True)
-        run_bundle(GENERATORS / "ddpm_cmr", ["common.yaml", "inference.yaml"], generator_root,
-                   {"mask_datalist": str(masks), "mask_key": key, "output_dir": str(out), "seed": args.seed + 1},
-                   log=out.parent / f"{out.name}.log", env={"OMP_NUM_THREADS": str(args.threads)})
-    return out / "datalist.json"
 
 
 def make_synthetic(work: Path, per_class: int, args) -> dict[str, Path]:
@@ -55,8 +46,13 @@ def make_synthetic(work: Path, per_class: int, args) -> dict[str, Path]:
                    {"per_class": per_class, "output_dir": str(masks), "seed": args.seed + 1},
                    log=work / "synthetic" / "masks.log", env={"OMP_NUM_THREADS": str(args.threads)})
     untrained = untrained_generator(work / "ddpm_cmr_untrained", args.seed)
-    return {"trained": draw_images(work / "ddpm_cmr", masks / "datalist.json", "synthetic", work / "synthetic" / "images", args),
-            "untrained": draw_images(untrained, masks / "datalist.json", "synthetic", work / "synthetic" / "untrained", args)}
+    sets = {"trained": draw_images(work / "ddpm_cmr", masks / "datalist.json", "synthetic", work / "synthetic" / "images",
+                                   args.seed + 1, args.threads),
+            "untrained": draw_images(untrained, masks / "datalist.json", "synthetic", work / "synthetic" / "untrained",
+                                     args.seed + 1, args.threads)}
+    if (work / "synthetic" / "dp" / "datalist.json").is_file():  # drawn by scripts/benchmark_privacy_audit.py --dp-minutes
+        sets["dp"] = work / "synthetic" / "dp" / "datalist.json"
+    return sets
 
 
 def sources(mode: str, real: Path, synthetic: dict[str, Path]) -> list[dict]:
@@ -67,14 +63,14 @@ def sources(mode: str, real: Path, synthetic: dict[str, Path]) -> list[dict]:
         return [real_src]
     if mode == "synthetic":
         return [syn_src]
-    if mode == "synthetic-untrained":
-        return [{"datalist": str(synthetic["untrained"]), "key": "training"}]
+    if mode in ("synthetic-untrained", "synthetic-dp"):
+        return [{"datalist": str(synthetic[mode.split("-")[1]]), "key": "training"}]
     if mode == "mixed":
         return [real_src, {**syn_src, "ratio": 1.0}]
     if mode.startswith("few"):
         k = int(mode[3:].split("+")[0])
         return [{**real_src, "patients": k}] + ([syn_src] if mode.endswith("+syn") else [])
-    raise ValueError(f"unknown mode {mode!r}; allowed: real, synthetic, synthetic-untrained, mixed, fewN, fewN+syn")
+    raise ValueError(f"unknown mode {mode!r}; allowed: real, synthetic, synthetic-untrained, synthetic-dp, mixed, fewN, fewN+syn")
 
 
 def evaluate(root: Path, datalist: Path, key: str, name: str, threads: int) -> dict:
@@ -122,19 +118,23 @@ def _short(path: str | Path, work: Path) -> str:
     return str(p.relative_to(work)) if p.is_relative_to(work) else str(p)
 
 
-def fidelity(args, real: Path, synthetic: dict[str, Path], work: Path) -> dict:
-    """Each image set scored with the real-only segmenter against the real test slices."""
+def fidelity(args, real: Path, synthetic: dict[str, Path], work: Path, done: dict) -> dict:
+    """Each image set scored with the real-only segmenter against the real test slices (sets in ``done`` kept)."""
     scorer = work / "seg_utility" / "real"
     untrained = untrained_generator(work / "ddpm_cmr_untrained", args.seed)
     sets = {
         "ddpm_cmr, real test masks (DDIM-50)": (work / "ddpm_cmr" / "eval" / "ddim50" / "datalist.json", "training"),
-        "untrained ddpm_cmr, real test masks (sanity)": (draw_images(untrained, real, "test", work / "fidelity_untrained_test", args), "training"),
+        "untrained ddpm_cmr, real test masks (sanity)": (draw_images(untrained, real, "test", work / "fidelity_untrained_test", args.seed + 1, args.threads), "training"),
         "ddpm_cmr on mask_generator masks": (synthetic["trained"], "training"),
         "untrained ddpm_cmr on mask_generator masks (sanity)": (synthetic["untrained"], "training"),
         "real validation slices (reference)": (real, "validation"),
     }
-    out = {}
+    if "dp" in synthetic:
+        sets["DP-SGD ddpm_cmr on mask_generator masks"] = (synthetic["dp"], "training")
+    out = dict(done)
     for name, (datalist, key) in sets.items():
+        if name in out:
+            continue
         folder = scorer / "eval" / "fidelity" / name.split(" (")[0].replace(" ", "_").replace(",", "")
         run_bundle(BUNDLE, ["common.yaml", "fidelity.yaml"], scorer,
                    {"real_datalist": str(real), "synthetic_datalist": str(datalist), "synthetic_key": key,
@@ -152,12 +152,16 @@ def main() -> None:
     p.add_argument("--modes", default="real,synthetic,synthetic-untrained,mixed,few5,few5+syn,few10,few10+syn")
     p.add_argument("--make-synthetic", type=int, default=50, help="masks per (group, phase) in the synthetic set")
     p.add_argument("--skip-fidelity", action="store_true")
+    p.add_argument("--refresh-fidelity", action="store_true", help="rescore image sets already in benchmark.json")
     p.add_argument("--render", action="store_true", help="write the tables into docs/README.md")
     args = p.parse_args()
+    path = BUNDLE / "docs" / "benchmark.json"
+    if args.stage == "render":
+        render(json.loads(path.read_text()))
+        return
     work = Path(args.work)
     real = prepared_acdc(work / "acdc64", 64) / "datalist.json"
     synthetic = make_synthetic(work, args.make_synthetic, args)
-    path = BUNDLE / "docs" / "benchmark.json"
     result = json.loads(path.read_text()) if path.is_file() else {}
     result.setdefault("modes", {})
     result.update({"bundle": "seg_utility", "data": "ACDC (../shared/data/acdc), 64x64 CPU preset, seed-0 split: "
@@ -176,15 +180,19 @@ def main() -> None:
         if png.is_file():
             shutil.copy(png, BUNDLE / "docs" / f"predictions_{mode}.png")
     if not args.skip_fidelity:
-        result["fidelity"] = fidelity(args, real, synthetic, work)
+        result["fidelity"] = fidelity(args, real, synthetic, work, {} if args.refresh_fidelity else result.get("fidelity", {}))
         result["finished"] = time.strftime("%Y-%m-%d %H:%M")
         write_benchmark(path, result)
     if args.render:
-        replace_marked(BUNDLE / "docs" / "README.md", "utility-table", utility_table(result))
-        replace_marked(BUNDLE / "docs" / "README.md", "fidelity-table", fidelity_table(result))
+        render(result)
     print(utility_table(result))
     print(fidelity_table(result))
 
+
+def render(result: dict) -> None:
+    """Write the utility and fidelity tables into docs/README.md."""
+    replace_marked(BUNDLE / "docs" / "README.md", "utility-table", utility_table(result))
+    replace_marked(BUNDLE / "docs" / "README.md", "fidelity-table", fidelity_table(result))
 
 
 def _cell(summary: dict, key: str, digits: int = 3) -> str:
@@ -207,13 +215,13 @@ def utility_table(result: dict) -> str:
 
 def fidelity_table(result: dict) -> str:
     """Markdown table of the fidelity scores of each image set."""
-    rows = ["| image set | n | FD (seg features) | KID x1000 | faithfulness Dice LV / MYO / RV | SSIM | MS-SSIM | PSNR (dB) | diversity (MS-SSIM) |",
+    rows = ["| image set | n | FD (seg features) x100 | KID x10^4 | faithfulness Dice LV / MYO / RV | SSIM | MS-SSIM | PSNR (dB) | diversity (MS-SSIM) |",
             "|---|---|---|---|---|---|---|---|---|"]
     for name, f in result.get("fidelity", {}).items():
         m = f["mask_faithfulness"]
         p = f.get("paired")
         paired = " | ".join(f"{p[k]:.3f}" if k != "psnr" else f"{p[k]:.1f}" for k in ("ssim", "ms_ssim", "psnr")) if p else "- | - | -"
-        rows.append(f"| {name} | {f['n_synthetic']} | {f['fd_seg']:.2f} | {1000 * f['kid_seg']:.2f} | "
+        rows.append(f"| {name} | {f['n_synthetic']} | {100 * f['fd_seg']:.2f} | {1e4 * f['kid_seg']:.2f} | "
                     f"{m['lv']:.3f} / {m['myo']:.3f} / {m['rv']:.3f} | {paired} | {f['diversity']['synthetic']:.3f} |")
     return "\n".join(rows)
 

@@ -83,7 +83,8 @@ def score_and_audit(out: Path, prepared: Path, size: int, minutes: float, steps:
     result["fidelity"] = json.loads((out / "seg_utility" / "real" / "eval" / "fidelity" / "fidelity.json").read_text())
     run_bundle(audit, ["audit.yaml"], out / "privacy_audit",
                {"generator_bundle": str(images), "generator_root": str(out / "ddpm_cmr"), "real_datalist": real,
-                "synthetic_datalist": synthetic, "generator_overrides": {"image_size": size}, "tracking_uri": tracking_uri(out)})
+                "synthetic_datalist": synthetic, "generator_overrides": {"image_size": size}, "tracking_uri": tracking_uri(out),
+                "feature_encoder_root": str(out / "seg_utility" / "real"), "feature_encoder_bundle": str(seg)})
     result["privacy"] = json.loads((out / "privacy_audit" / "eval" / "audit" / "audit.json").read_text())
     return result
 

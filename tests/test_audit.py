@@ -19,7 +19,8 @@ import torch
 from monai.networks.nets import DiffusionModelUNet
 from monai.networks.schedulers import DDPMScheduler
 
-from cmrsynth.audit import attack_scores, audit_slices, leakage, membership_table, release
+from cmrsynth.audit import attack_scores, audit_slices, leakage, load_encoder, membership_table, release
+from cmrsynth.benchmark import REPO
 from cmrsynth.data.acdc import read_acdc
 from cmrsynth.data.prepare import PrepareConfig, prepare_cohort
 from cmrsynth.engines import ConditionalDenoiser
@@ -62,6 +63,31 @@ def test_leakage_flags_copied_images_and_masks():
     synthetic = np.concatenate([rng.normal(0, 1, (20, 8, 8)), train[:5]])
     out = leakage(synthetic, train, holdout, np.concatenate([masks[20:40], masks[:5]]), masks[:20], masks[40:])
     assert out["pixel"]["near_copies"] >= 5 and out["mask_dice_to_nearest_train"]["exact_copies"] == 5
+
+
+def test_feature_leakage_catches_copies_that_pixel_distance_misses():
+    rng = np.random.default_rng(0)
+    train, holdout = rng.normal(0, 1, (50, 8, 8)), rng.normal(0, 1, (30, 8, 8))
+    synthetic = np.concatenate([rng.normal(0, 1, (20, 8, 8)), train[:5] + 3.0])  # brightened training copies
+    centred = lambda x: x.reshape(len(x), -1) - x.reshape(len(x), -1).mean(1, keepdims=True)  # noqa: E731
+    out = leakage(synthetic, train, holdout, encoder=centred)
+    assert out["pixel"]["near_copies"] == 0
+    assert out["feature"]["near_copies"] == 5 and out["feature"]["synthetic"] == 25
+
+
+def test_load_encoder_gives_pooled_features_of_a_trained_segmenter(tmp_path):
+    from monai.bundle import ConfigParser
+
+    bundle = REPO / "bundles" / "seg_utility"
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / "common.yaml"))
+    parser.update({"bundle_root": str(tmp_path), "device": "$torch.device('cpu')"})
+    (tmp_path / "models").mkdir()
+    torch.save(parser.get_parsed_content("network").state_dict(), tmp_path / "models" / "model.pt")
+    features = load_encoder(bundle, tmp_path)(np.random.default_rng(0).normal(0, 1, (3, 64, 64)).astype(np.float32))
+    assert features.shape[0] == 3 and features.ndim == 2 and np.isfinite(features).all()
+    with pytest.raises(Exception, match="model.pt"):
+        load_encoder(bundle, tmp_path / "missing")
 
 
 def test_release_gate_removes_planted_training_slices(prepared, tmp_path):

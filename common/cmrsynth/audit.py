@@ -91,11 +91,14 @@ def membership_table(scores: dict, slices: Sequence[dict], seed: int = 0) -> dic
 
 def leakage(synthetic_images: np.ndarray, train_images: np.ndarray, holdout_images: np.ndarray,
             synthetic_masks: np.ndarray | None = None, train_masks: np.ndarray | None = None,
-            holdout_masks: np.ndarray | None = None, quantile: float = 0.01) -> dict:
-    """Pixel-space nearest-neighbour leakage of a synthetic set, and the same for masks (Dice to nearest)."""
+            holdout_masks: np.ndarray | None = None, quantile: float = 0.01, encoder=None) -> dict:
+    """Nearest-neighbour leakage of a synthetic set in pixel space, in the feature space of ``encoder`` (images ->
+    (N, C) features, e.g. ``load_encoder``) when given, and for masks (Dice to the nearest training mask)."""
     syn = privacy.nearest_distances(synthetic_images, train_images)
     hold = privacy.nearest_distances(holdout_images, train_images)
     out = {"pixel": privacy.leakage_report(syn, hold, quantile), "synthetic_to_train": syn[:, 0].tolist()}
+    if encoder is not None:
+        out["feature"] = feature_leakage(encoder, synthetic_images, train_images, holdout_images, quantile)
     if synthetic_masks is not None and train_masks is not None:
         syn_dice = privacy.mask_dice_nearest(synthetic_masks, train_masks)
         out["mask_dice_to_nearest_train"] = {"median": float(np.median(syn_dice)), "exact_copies": int((syn_dice >= 0.999).sum())}
@@ -103,6 +106,36 @@ def leakage(synthetic_images: np.ndarray, train_images: np.ndarray, holdout_imag
             hold_dice = privacy.mask_dice_nearest(holdout_masks, train_masks)
             out["mask_dice_to_nearest_train"]["holdout_median"] = float(np.median(hold_dice))
     return out
+
+
+def feature_leakage(encoder, synthetic_images: np.ndarray, train_images: np.ndarray, holdout_images: np.ndarray,
+                    quantile: float = 0.01) -> dict:
+    """Leakage report in an encoder's feature space, each feature standardised on the training images (so no
+    single channel dominates the distance)."""
+    f_syn, f_train, f_hold = (np.asarray(encoder(x)) for x in (synthetic_images, train_images, holdout_images))
+    mean, sd = f_train.mean(0), f_train.std(0) + 1e-8
+    z = lambda f: (f - mean) / sd  # noqa: E731
+    return privacy.leakage_report(privacy.nearest_distances(z(f_syn), z(f_train)),
+                                  privacy.nearest_distances(z(f_hold), z(f_train)), quantile)
+
+
+def load_encoder(bundle: str | Path, run_root: str | Path, device="cpu", layer: str = "bottleneck",
+                 checkpoint: str = "model.pt"):
+    """An images -> features function from a trained segmenter bundle (seg_utility trained on real data): its
+    ``layer`` output averaged over space, the encoder the fidelity metrics use too."""
+    from monai.bundle import ConfigParser
+
+    from cmrsynth.metrics.fidelity import pooled_features
+
+    ckpt = Path(run_root) / "models" / checkpoint
+    if not ckpt.is_file():
+        raise CMRDataError(ckpt, "feature encoder checkpoint not found (train seg_utility on real data first)")
+    parser = ConfigParser()
+    parser.read_config(str(Path(bundle) / "configs" / "common.yaml"))
+    parser.update({"bundle_root": str(run_root), "device": f"$torch.device('{device}')"})
+    network = parser.get_parsed_content("network")
+    network.load_state_dict(torch.load(ckpt, map_location=device, weights_only=True))
+    return lambda images: pooled_features(network, images, layer, device=device)
 
 
 def release(synthetic_datalist: str | Path, real_datalist: str | Path, out_path: str | Path, quantile: float = 0.01,
@@ -141,6 +174,7 @@ def load_generator(bundle: str | Path, run_root: str | Path, device="cpu", overr
     """The audited generator built from its own bundle configs: EMA denoiser, training scheduler, classes.
 
     ``overrides`` are the config values the generator was trained with, if not its defaults (e.g. a preset).
+    ``checkpoint`` names a file in ``run_root/models``: the training checkpoint or ``best_ema.pt``.
     """
     from monai.bundle import ConfigParser
 
@@ -152,7 +186,8 @@ def load_generator(bundle: str | Path, run_root: str | Path, device="cpu", overr
     parser.read_config(str(bundle / "configs" / "common.yaml"))
     parser.update({**(overrides or {}), "bundle_root": str(run_root), "device": f"$torch.device('{device}')"})
     ema = parser.get_parsed_content("ema")
-    ema.load_state_dict(torch.load(ckpt, map_location=device, weights_only=True)["ema"])
+    state = torch.load(ckpt, map_location=device, weights_only=True)
+    ema.load_state_dict(state.get("ema", state))  # best_ema.pt holds the EMA state alone
     groups = parser.get_parsed_content("groups") if parser.get_parsed_content("num_classes") else None
     return {"denoiser": ema.module.eval(), "scheduler": parser.get_parsed_content("scheduler"), "groups": groups,
             "phases": parser.get_parsed_content("phases"), "name": bundle.name, "checkpoint": str(ckpt)}
@@ -192,13 +227,21 @@ def report_markdown(result: dict) -> str:
             lines.append(f"- masks: median Dice to the nearest training mask {md['median']:.3f} (holdout "
                          f"{md.get('holdout_median', float('nan')):.3f}); exact copies {md['exact_copies']}")
         lines.append(f"- closest examples: `{result['leakage'].get('figure', '')}`")
+        if "feature" in result["leakage"]:
+            f = result["leakage"]["feature"]
+            lines += ["", "## Nearest-neighbour leakage (encoder-feature space, standardised features)", "",
+                      f"- synthetic→train median {f['synthetic_median']:.3f}; holdout→train median {f['holdout_median']:.3f}",
+                      f"- near copies (closer than the {f['threshold_quantile']:.0%} quantile of holdout→train, {f['threshold']:.3f}): "
+                      f"{f['near_copies']} of {f['synthetic']} ({f['near_copy_rate']:.1%})",
+                      f"- NNDR median: synthetic {f['nndr_median_synthetic']:.3f}, holdout {f['nndr_median_holdout']:.3f}"]
     return "\n".join(lines) + "\n"
 
 
 def run_audit(generator: dict, real_datalist: str | Path, out_dir: str | Path, synthetic_datalist: str | Path | None = None,
               synthetic_key: str = "training", per_patient: int | None = 6, timesteps: Sequence[int] = (50, 100, 200, 500),
-              batch_size: int = 32, seed: int = 0, device="cpu", tracking_uri: str | None = None) -> dict:
-    """Audit one generator: membership table and (with a synthetic set) leakage; writes JSON, markdown and PNGs."""
+              batch_size: int = 32, seed: int = 0, device="cpu", tracking_uri: str | None = None, encoder=None) -> dict:
+    """Audit one generator: membership table and (with a synthetic set) leakage, in pixel space and, with an
+    ``encoder`` (``load_encoder``), in its feature space; writes JSON, markdown and PNGs."""
     from cmrsynth.tracking import tracked_run
 
     out_dir = Path(out_dir)
@@ -216,7 +259,7 @@ def run_audit(generator: dict, real_datalist: str | Path, out_dir: str | Path, s
         hold = [e for s in NON_MEMBER_SECTIONS for e in load_section(real_datalist, s)]
         stack = lambda es, k: np.stack([e[k] for e in es])  # noqa: E731
         result["leakage"] = leakage(stack(syn, "array"), stack(train, "array"), stack(hold, "array"),
-                                    stack(syn, "mask"), stack(train, "mask"), stack(hold, "mask"))
+                                    stack(syn, "mask"), stack(train, "mask"), stack(hold, "mask"), encoder=encoder)
         png = out_dir / "closest_synthetic_vs_train.png"
         _nearest_figure(stack(syn, "array"), stack(train, "array"), np.array(result["leakage"]["synthetic_to_train"]), png)
         result["leakage"]["figure"] = png.name

@@ -102,6 +102,19 @@ def untrained_generator(root: Path, seed: int) -> Path:
     return root
 
 
+def draw_images(generator_root: Path, masks: Path, key: str, out: Path, seed: int, threads: int) -> Path:
+    """ddpm_cmr images (its inference.yaml, DDIM-50) for the masks of a datalist section; returns the synthetic
+    datalist. Skipped when ``out`` already holds one."""
+    from cmrsynth.bundle_run import run_bundle
+
+    if not (out / "datalist.json").is_file():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        run_bundle(REPO / "bundles" / "ddpm_cmr", ["common.yaml", "inference.yaml"], generator_root,
+                   {"mask_datalist": str(masks), "mask_key": key, "output_dir": str(out), "seed": seed},
+                   log=out.parent / f"{out.name}.log", env={"OMP_NUM_THREADS": str(threads)})
+    return out / "datalist.json"
+
+
 def parser(description: str):
     """Command-line options shared by the generator benchmarks."""
     import argparse
@@ -117,13 +130,16 @@ def parser(description: str):
 
 
 def train_bundle(bundle: Path, data: Path, root: Path, minutes: float, seed: int, threads: int,
-                 extra: dict | None = None) -> dict:
-    """Train a generator bundle on prepared data within a wall-time budget (resuming if a checkpoint exists)."""
+                 extra: dict | None = None, overlays: tuple[str, ...] = ()) -> dict:
+    """Train a generator bundle on prepared data within a wall-time budget (resuming if a checkpoint exists).
+
+    ``overlays`` are config files applied after train.yaml (e.g. ``("dp_train.yaml",)``).
+    """
     from cmrsynth.bundle_run import run_bundle, trainer_progress
 
     overrides = {"dataset_dir": str(data), "max_epochs": 100000, "max_minutes": minutes, "seed": seed,
                  "progress_bar": False, **(extra or {})}
-    seconds = run_bundle(bundle, ["common.yaml", "train.yaml"], root, overrides, log=root / "train.log",
+    seconds = run_bundle(bundle, ["common.yaml", "train.yaml", *overlays], root, overrides, log=root / "train.log",
                          env={"OMP_NUM_THREADS": str(threads)})
     return {"wall_seconds": round(seconds, 1), **trainer_progress(root / "models" / "checkpoint_final.pt")}
 

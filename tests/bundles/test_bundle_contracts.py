@@ -72,3 +72,16 @@ def test_configs_parse_and_name_the_tracked_engines(bundle):
     assert "DistributedSampler" in str(multi["train#sampler"])
     stats = multi["train#handlers"][4]
     assert stats["_target_"] == "StatsHandler" and "_disabled_" in stats
+
+
+@pytest.mark.parametrize("bundle", [*BUNDLES, "seg_utility"])
+def test_best_checkpoint_keeps_the_best_validation_score(bundle):
+    """CheckpointSaver keeps the largest score unless told the metric is an error: its sign must follow the
+    evaluator's metric_cmp_fn (a lower-is-better val_mse once made best_ema.pt keep the worst weights)."""
+    parser = _parser(bundle, "train.yaml")
+    compare = parser.get("validate#evaluator#metric_cmp_fn")
+    lower_is_better = bool(compare and ConfigParser({"f": compare}).get_parsed_content("f")(1.0, 2.0))
+    savers = [h for h in parser["validate#handlers"] if isinstance(h, dict) and h.get("save_key_metric")]
+    assert savers, f"{bundle}: no best-metric checkpoint"
+    for saver in savers:
+        assert bool(saver.get("key_metric_negative_sign", False)) == lower_is_better, saver

@@ -47,7 +47,8 @@ def test_main_job_on_phantom_data(tmp_path):
     assert len(images) == 20 and (out / "ddpm_cmr" / "eval" / "images" / images[0]["image"]).is_file()
     assert {"seg_utility", "privacy_audit"} <= bundle_experiments
     assert {"dice_lv_ed_real", "dice_lv_ed_real_synthetic", "fd_seg", "membership_auc_loss_t100"} <= set(run.data.metrics)
-    assert "| loss_t100 |" in (out / "privacy_audit" / "eval" / "audit" / "audit.md").read_text()
+    report = (out / "privacy_audit" / "eval" / "audit" / "audit.md").read_text()
+    assert "| loss_t100 |" in report and "encoder-feature space" in report
     assert "segmenter trained on real_synthetic" in proc.stdout
 
 
