@@ -133,8 +133,9 @@ def main() -> None:
     if "overfit" in wanted and args.overfit_minutes > 0:
         few = few_patient_datalist(data, 5)
         root = work / "ddpm_cmr_overfit5"
-        training = train_bundle(DDPM, data, root, args.overfit_minutes, args.seed, args.threads, {"datalist": str(few)})
-        result["overfit_training"] = {"patients": 5, "budget_minutes": args.overfit_minutes, **training}
+        if "overfit_training" not in result:  # a rerun audits the trained generator instead of training it further
+            training = train_bundle(DDPM, data, root, args.overfit_minutes, args.seed, args.threads, {"datalist": str(few)})
+            result["overfit_training"] = {"patients": 5, "budget_minutes": args.overfit_minutes, **training}
         runs["ddpm_cmr overfit on 5 patients (sanity: must be caught)"] = (root, few, None)
     for name, (root, datalist, synthetic) in runs.items():
         audits[name] = audit(work, root, datalist, synthetic, name.split(" (")[0].replace(" ", "_"), args.threads,

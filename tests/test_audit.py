@@ -19,7 +19,7 @@ import torch
 from monai.networks.nets import DiffusionModelUNet
 from monai.networks.schedulers import DDPMScheduler
 
-from cmrsynth.audit import attack_scores, audit_slices, leakage, load_encoder, membership_table, release
+from cmrsynth.audit import attack_scores, audit_slices, leakage, load_encoder, membership_table, planted_copy_check, release
 from cmrsynth.benchmark import REPO
 from cmrsynth.data.acdc import read_acdc
 from cmrsynth.data.prepare import PrepareConfig, prepare_cohort
@@ -73,6 +73,18 @@ def test_feature_leakage_catches_copies_that_pixel_distance_misses():
     out = leakage(synthetic, train, holdout, encoder=centred)
     assert out["pixel"]["near_copies"] == 0
     assert out["feature"]["near_copies"] == 5 and out["feature"]["synthetic"] == 25
+
+
+def test_planted_copy_check_measures_sensitivity_and_specificity():
+    rng = np.random.default_rng(0)
+    train, holdout, honest = (rng.normal(0, 1, (k, 8, 8)) for k in (60, 40, 30))
+    centred = lambda x: x.reshape(len(x), -1) - x.reshape(len(x), -1).mean(1, keepdims=True)  # noqa: E731
+    out = planted_copy_check(honest, train, holdout, n=10, noise=0.1, encoder=centred)
+    for space in ("pixel", "feature"):
+        assert out[space]["sensitivity_exact"] == 1.0 and out[space]["sensitivity_noisy"] == 1.0
+        assert out[space]["specificity"] >= 0.9
+    loud = planted_copy_check(honest, train, holdout, n=10, noise=2.0)  # noise louder than the images: not a copy
+    assert loud["pixel"]["sensitivity_noisy"] < 0.5
 
 
 def test_load_encoder_gives_pooled_features_of_a_trained_segmenter(tmp_path):

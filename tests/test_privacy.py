@@ -84,6 +84,10 @@ def test_roc_statistics_on_known_scores():
     assert roc_auc(m, m) == 0.5
     assert cross_fitted_accuracy(np.arange(100, 110.0), np.arange(10.0)) == 1.0  # separated: any fitted cut works
     assert cross_fitted_accuracy(np.arange(10.0), np.arange(10.0)) <= 0.6  # no signal: near chance
+    assert cross_fitted_accuracy(np.arange(10.0), np.arange(100, 110.0)) == 1.0  # inverted signal: still caught
+    rng = np.random.default_rng(1)  # learning the direction must not bias the null: mean accuracy stays at chance
+    null = [cross_fitted_accuracy(rng.normal(size=50), rng.normal(size=20), seed=i) for i in range(100)]
+    assert abs(np.mean(null) - 0.5) < 0.03
 
 
 def test_attack_metrics_have_intervals_and_need_enough_patients():

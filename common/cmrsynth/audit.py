@@ -108,15 +108,46 @@ def leakage(synthetic_images: np.ndarray, train_images: np.ndarray, holdout_imag
     return out
 
 
+def _standardised(encoder, train_images: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
+    """Encoder features of the training images and of each other set, standardised on the training features (so
+    no single channel dominates a distance)."""
+    f_train = np.asarray(encoder(train_images))
+    mean, sd = f_train.mean(0), f_train.std(0) + 1e-8
+    return [(f - mean) / sd for f in (f_train, *(np.asarray(encoder(x)) for x in others))]
+
+
 def feature_leakage(encoder, synthetic_images: np.ndarray, train_images: np.ndarray, holdout_images: np.ndarray,
                     quantile: float = 0.01) -> dict:
-    """Leakage report in an encoder's feature space, each feature standardised on the training images (so no
-    single channel dominates the distance)."""
-    f_syn, f_train, f_hold = (np.asarray(encoder(x)) for x in (synthetic_images, train_images, holdout_images))
-    mean, sd = f_train.mean(0), f_train.std(0) + 1e-8
-    z = lambda f: (f - mean) / sd  # noqa: E731
-    return privacy.leakage_report(privacy.nearest_distances(z(f_syn), z(f_train)),
-                                  privacy.nearest_distances(z(f_hold), z(f_train)), quantile)
+    """Leakage report in an encoder's feature space, each feature standardised on the training images."""
+    f_train, f_syn, f_hold = _standardised(encoder, train_images, synthetic_images, holdout_images)
+    return privacy.leakage_report(privacy.nearest_distances(f_syn, f_train), privacy.nearest_distances(f_hold, f_train), quantile)
+
+
+def planted_copy_check(synthetic_images: np.ndarray, train_images: np.ndarray, holdout_images: np.ndarray, n: int = 20,
+                       noise: float = 0.1, quantile: float = 0.01, encoder=None, seed: int = 0) -> dict:
+    """Does the release gate catch training images slipped into a synthetic set, and spare the honest ones?
+
+    Plants ``n`` exact training images and ``n`` re-noised ones (Gaussian noise of ``noise`` times the training
+    images' sd) into the synthetic set and applies the holdout-calibrated threshold, in pixel space and (with an
+    ``encoder``) in its feature space.
+
+    Returns:
+        per space: the threshold, the share of exact and of noisy plants removed (sensitivity) and the share of
+        the honest synthetic images kept (specificity).
+    """
+    rng = np.random.default_rng(seed)
+    exact = train_images[rng.choice(len(train_images), min(n, len(train_images)), replace=False)]
+    noisy = exact + rng.normal(0.0, noise * float(train_images.std()), exact.shape).astype(exact.dtype)
+    spaces = {"pixel": [train_images, synthetic_images, exact, noisy, holdout_images]}
+    if encoder is not None:
+        spaces["feature"] = _standardised(encoder, train_images, synthetic_images, exact, noisy, holdout_images)
+    out = {"planted_exact": len(exact), "planted_noisy": len(noisy), "noise_sd_fraction": noise}
+    for space, (train, syn, ex, no, hold) in spaces.items():
+        threshold = privacy.copy_threshold(privacy.nearest_distances(hold, train)[:, 0], quantile)
+        kept = lambda x: privacy.release_gate(privacy.nearest_distances(x, train), threshold)  # noqa: E731
+        out[space] = {"threshold": threshold, "sensitivity_exact": float((~kept(ex)).mean()),
+                      "sensitivity_noisy": float((~kept(no)).mean()), "specificity": float(kept(syn).mean())}
+    return out
 
 
 def load_encoder(bundle: str | Path, run_root: str | Path, device="cpu", layer: str = "bottleneck",
@@ -204,6 +235,14 @@ def _nearest_figure(synthetic: np.ndarray, train: np.ndarray, distances: np.ndar
                       [f"synthetic d={distances[i]:.3f}" for i in order] + ["nearest training slice"] * len(order), ncols=len(order))
 
 
+def _leakage_lines(space: str, p: dict) -> list[str]:
+    return ["", f"## Nearest-neighbour leakage ({space})", "",
+            f"- synthetic→train median {p['synthetic_median']:.4f}; holdout→train median {p['holdout_median']:.4f}",
+            f"- near copies (closer than the {p['threshold_quantile']:.0%} quantile of holdout→train, {p['threshold']:.4f}): "
+            f"{p['near_copies']} of {p['synthetic']} ({p['near_copy_rate']:.1%})",
+            f"- NNDR median: synthetic {p['nndr_median_synthetic']:.3f}, holdout {p['nndr_median_holdout']:.3f}"]
+
+
 def report_markdown(result: dict) -> str:
     """A plain report a data-protection officer can read."""
     lines = [f"# Privacy audit: {result['generator']}", "",
@@ -216,24 +255,21 @@ def report_markdown(result: dict) -> str:
         ci = lambda k: f"{m[k]['value']:.2f} [{m[k]['ci95'][0]:.2f}, {m[k]['ci95'][1]:.2f}]"  # noqa: E731
         lines.append(f"| {name} | {ci('auc')} | {m['tpr_at_1pct_fpr']['value']:.2f} | {m['tpr_at_10pct_fpr']['value']:.2f} | {ci('balanced_accuracy')} |")
     if "leakage" in result:
-        p = result["leakage"]["pixel"]
-        lines += ["", "## Nearest-neighbour leakage (pixel space, RMS distance)", "",
-                  f"- synthetic→train median {p['synthetic_median']:.4f}; holdout→train median {p['holdout_median']:.4f}",
-                  f"- near copies (closer than the {p['threshold_quantile']:.0%} quantile of holdout→train, {p['threshold']:.4f}): "
-                  f"{p['near_copies']} of {p['synthetic']} ({p['near_copy_rate']:.1%})",
-                  f"- NNDR median: synthetic {p['nndr_median_synthetic']:.3f}, holdout {p['nndr_median_holdout']:.3f}"]
+        lines += _leakage_lines("pixel space, RMS distance", result["leakage"]["pixel"])
         if "mask_dice_to_nearest_train" in result["leakage"]:
             md = result["leakage"]["mask_dice_to_nearest_train"]
             lines.append(f"- masks: median Dice to the nearest training mask {md['median']:.3f} (holdout "
                          f"{md.get('holdout_median', float('nan')):.3f}); exact copies {md['exact_copies']}")
         lines.append(f"- closest examples: `{result['leakage'].get('figure', '')}`")
         if "feature" in result["leakage"]:
-            f = result["leakage"]["feature"]
-            lines += ["", "## Nearest-neighbour leakage (encoder-feature space, standardised features)", "",
-                      f"- synthetic→train median {f['synthetic_median']:.3f}; holdout→train median {f['holdout_median']:.3f}",
-                      f"- near copies (closer than the {f['threshold_quantile']:.0%} quantile of holdout→train, {f['threshold']:.3f}): "
-                      f"{f['near_copies']} of {f['synthetic']} ({f['near_copy_rate']:.1%})",
-                      f"- NNDR median: synthetic {f['nndr_median_synthetic']:.3f}, holdout {f['nndr_median_holdout']:.3f}"]
+            lines += _leakage_lines("encoder-feature space, standardised features", result["leakage"]["feature"])
+    if "planted_copy_check" in result:
+        c = result["planted_copy_check"]
+        lines += ["", f"## Planted-copy check of the release gate ({c['planted_exact']} training images planted as they are, "
+                  f"{c['planted_noisy']} with noise of {c['noise_sd_fraction']:.0%} of their sd)", "",
+                  "| space | exact copies removed | noisy copies removed | honest synthetic images kept |", "|---|---|---|---|"]
+        lines += [f"| {space} | {c[space]['sensitivity_exact']:.0%} | {c[space]['sensitivity_noisy']:.0%} | {c[space]['specificity']:.1%} |"
+                  for space in ("pixel", "feature") if space in c]
     return "\n".join(lines) + "\n"
 
 
@@ -260,6 +296,8 @@ def run_audit(generator: dict, real_datalist: str | Path, out_dir: str | Path, s
         stack = lambda es, k: np.stack([e[k] for e in es])  # noqa: E731
         result["leakage"] = leakage(stack(syn, "array"), stack(train, "array"), stack(hold, "array"),
                                     stack(syn, "mask"), stack(train, "mask"), stack(hold, "mask"), encoder=encoder)
+        result["planted_copy_check"] = planted_copy_check(stack(syn, "array"), stack(train, "array"), stack(hold, "array"),
+                                                          encoder=encoder, seed=seed)
         png = out_dir / "closest_synthetic_vs_train.png"
         _nearest_figure(stack(syn, "array"), stack(train, "array"), np.array(result["leakage"]["synthetic_to_train"]), png)
         result["leakage"]["figure"] = png.name

@@ -80,7 +80,9 @@ def _check_privacy_audit(prepared, generator_root, synthetic):
     assert result["members"] == 3 and result["non_members"] == 2
     assert {"loss_t50", "pia_t50", "secmi_t100", "midband_t100"} <= set(result["membership"])
     assert result["leakage"]["pixel"]["synthetic"] == 10
-    assert "| loss_t50 |" in (audit / "eval" / "audit" / "audit.md").read_text()
+    assert result["planted_copy_check"]["pixel"]["sensitivity_exact"] == 1.0  # training slices planted as they are
+    report = (audit / "eval" / "audit" / "audit.md").read_text()
+    assert "| loss_t50 |" in report and "| pixel | 100% |" in report
     assert (audit / "eval" / "audit" / "closest_synthetic_vs_train.png").is_file()
     run_bundle(AUDIT, ["release.yaml"], audit, {"real_datalist": str(prepared / "datalist.json"), "synthetic_datalist": str(synthetic)})
     record = json.loads((synthetic.parent / "datalist_released_release_record.json").read_text())

@@ -157,18 +157,25 @@ def tpr_at_fpr(members: np.ndarray, non_members: np.ndarray, fpr: float) -> floa
     return float((np.asarray(members, float) > threshold).mean())
 
 
-def _best_threshold(members: np.ndarray, non_members: np.ndarray) -> float:
-    values = np.unique(np.concatenate([members, non_members]))
-    candidates = np.concatenate([[values[0] - 1.0], (values[:-1] + values[1:]) / 2, [values[-1] + 1.0]])  # between scores
-    accs = [0.5 * ((members >= c).mean() + (non_members < c).mean()) for c in candidates]
-    return float(candidates[int(np.argmax(accs))])
+def _best_rule(members: np.ndarray, non_members: np.ndarray) -> tuple[float, float]:
+    """(sign, threshold) with the best balanced accuracy for the calls ``sign * score >= threshold``; the sign
+    is -1 when members score lower (an attack whose signal runs the other way is still an attack)."""
+    best = (-1.0, 1.0, 0.0)
+    for sign in (1.0, -1.0):
+        m, n = sign * members, sign * non_members
+        values = np.unique(np.concatenate([m, n]))
+        candidates = np.concatenate([[values[0] - 1.0], (values[:-1] + values[1:]) / 2, [values[-1] + 1.0]])  # between scores
+        accs = [0.5 * ((m >= c).mean() + (n < c).mean()) for c in candidates]
+        if max(accs) > best[0]:
+            best = (max(accs), sign, float(candidates[int(np.argmax(accs))]))
+    return best[1], best[2]
 
 
 def out_of_fold_calls(members: np.ndarray, non_members: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Member / non-member calls for every patient from a threshold fitted on the other half of the patients.
 
     Two-fold cross-fitting: patients are split at random into halves; each half is called with the threshold
-    that maximises balanced accuracy on the other half, so no threshold ever sees the scores it calls.
+    (and direction) that maximises balanced accuracy on the other half, so no rule ever sees the scores it calls.
 
     Returns:
         (called-member flags of the members, called-member flags of the non-members), in input order.
@@ -178,9 +185,9 @@ def out_of_fold_calls(members: np.ndarray, non_members: np.ndarray, seed: int = 
     fold_m, fold_n = rng.permutation(len(m)) % 2, rng.permutation(len(n)) % 2
     call_m, call_n = np.zeros(len(m), bool), np.zeros(len(n), bool)
     for fold in (0, 1):
-        c = _best_threshold(m[fold_m != fold], n[fold_n != fold])
-        call_m[fold_m == fold] = m[fold_m == fold] >= c
-        call_n[fold_n == fold] = n[fold_n == fold] >= c
+        sign, c = _best_rule(m[fold_m != fold], n[fold_n != fold])
+        call_m[fold_m == fold] = sign * m[fold_m == fold] >= c
+        call_n[fold_n == fold] = sign * n[fold_n == fold] >= c
     return call_m, call_n
 
 
