@@ -23,7 +23,8 @@ import json
 import time
 from pathlib import Path
 
-from cmrsynth.benchmark import REPO, draw_images, machine, parser, prepared_acdc, replace_marked, train_bundle, untrained_generator, write_benchmark
+from cmrsynth.benchmark import (REPO, draw_images, machine, parser, prepared_acdc, replace_marked, train_bundle, training_facts,
+                                untrained_generator, write_benchmark)
 from cmrsynth.bundle_run import run_bundle
 
 BUNDLE = REPO / "bundles" / "privacy_audit"
@@ -64,15 +65,49 @@ def few_patient_datalist(data: Path, k: int) -> Path:
     return path
 
 
-def dp_epsilon_spent(train_log: Path) -> dict:
-    """The last (epsilon, delta, noise multiplier) the DP-SGD handler logged in a bundle's train.log."""
-    import re
+def dp_epsilon_spent(root: Path, delta: float) -> dict:
+    """The (epsilon, delta) a DP-SGD run spent, from the accountant history in its final checkpoint."""
+    import torch
+    from opacus.accountants import RDPAccountant
 
-    found = re.findall(r"DP-SGD: epsilon=([\d.]+) at delta=([\de.+-]+) \(noise multiplier ([\d.]+)\)", train_log.read_text())
-    if not found:
-        raise SystemExit(f"{train_log}: no DP-SGD epsilon logged (did training run with dp_train.yaml?)")
-    eps, delta, noise = found[-1]
-    return {"epsilon": float(eps), "delta": float(delta), "noise_multiplier": float(noise)}
+    state = torch.load(root / "models" / "checkpoint_final.pt", map_location="cpu", weights_only=False)
+    if "dp" not in state:
+        raise SystemExit(f"{root}: the checkpoint holds no DP-SGD accountant (did training run with dp_train.yaml?)")
+    accountant = RDPAccountant()
+    accountant.history = [tuple(h) for h in state["dp"]["history"]]
+    noise, rate, _ = accountant.history[-1]
+    return {"epsilon": float(accountant.get_epsilon(delta)), "delta": delta, "noise_multiplier": float(noise),
+            "sample_rate": float(rate), "steps": sum(h[2] for h in accountant.history)}
+
+
+def copy_figures(work: Path) -> list[str]:
+    """The closest-to-training figures of the audits with a synthetic set, and the DP twin's samples, into docs/."""
+    import shutil
+
+    figures = {work / "privacy_audit" / "ddpm_cmr" / "closest_synthetic_vs_train.png": "closest_ddpm_cmr.png",
+               work / "privacy_audit" / "DP-SGD_ddpm_cmr" / "closest_synthetic_vs_train.png": "closest_dp_ddpm_cmr.png",
+               work / "synthetic" / "dp" / "samples.png": "dp_ddpm_cmr_samples.png"}
+    copied = []
+    for source, name in figures.items():
+        if source.is_file():
+            shutil.copy(source, BUNDLE / "docs" / name)
+            copied.append(name)
+    return copied
+
+
+def summary_table(audits: dict) -> str:
+    """One row per audited generator: its strongest attack and its synthetic set's near copies."""
+    rows = ["| generator | strongest attack: ROC AUC [95 % CI] | its balanced accuracy (cross-fitted) | near copies, pixel / feature space |",
+            "|---|---|---|---|"]
+    for name, a in audits.items():
+        attack, m = max(a["membership"].items(), key=lambda kv: kv[1]["auc"]["value"])
+        auc = m["auc"]
+        leak = a.get("leakage", {})
+        copies = " / ".join(f"{leak[k]['near_copies']} of {leak[k]['synthetic']}" for k in ("pixel", "feature") if k in leak) or "-"
+        rows.append(f"| {name} | {attack}: {auc['value']:.2f} [{auc['ci95'][0]:.2f}, {auc['ci95'][1]:.2f}] | "
+                    f"{m['balanced_accuracy']['value']:.2f} | {copies} |")
+    return "\n".join(rows + ["", "The strongest of 8 attacks is picked after the fact, so its AUC is optimistic for the "
+                              "attacker; the cross-fitted balanced accuracy never sees the scores it calls."])
 
 
 def results_markdown(result: dict) -> str:
@@ -82,12 +117,13 @@ def results_markdown(result: dict) -> str:
     parts = [f"Measured on {result['machine']['date']}, {result['data']}; {result['threads']} torch threads."]
     if "overfit_training" in result:
         o = result["overfit_training"]
-        parts.append(f"The overfit sanity generator trained {o['iteration']} steps ({o['budget_minutes']:.0f} min) on {o['patients']} patients.")
+        parts.append(f"The overfit sanity generator trained {o['iteration']} steps ({o['training_wall_seconds'] / 60:.0f} min) on {o['patients']} patients.")
     if "dp_training" in result:
         d = result["dp_training"]
-        parts.append(f"The DP-SGD twin trained {d['iteration']} steps ({d['wall_seconds'] / 60:.0f} min, budget {d['budget_minutes']:.0f} min) "
+        parts.append(f"The DP-SGD twin trained {d['iteration']} steps ({d['training_wall_seconds'] / 60:.0f} min, budget {d['budget_minutes']:.0f} min) "
                      f"on the same 50 members and config plus `dp_train.yaml`: (ε, δ) = ({d['epsilon']:.2f}, {d['delta']:g}) spent, "
                      f"noise multiplier {d['noise_multiplier']:.3f}, clipping norm {d['max_grad_norm']}.")
+    parts.append(summary_table(result["audits"]))
     for name, a in result["audits"].items():
         body = report_markdown(a).split("\n", 1)[1]  # drop the report's own title
         parts.append(f"### {name}\n{body}")
@@ -121,27 +157,28 @@ def main() -> None:
                                                                    data / "datalist.json", None)
     if "dp" in wanted and args.dp_minutes > 0:
         root = work / "ddpm_cmr_dp"
-        if "dp_training" not in result:  # a rerun audits the trained twin instead of training it further
-            training = train_bundle(DDPM, data, root, args.dp_minutes, args.seed, args.threads, {"dp_epochs": args.dp_epochs},
-                                    overlays=("dp_train.yaml",))
-            result["dp_training"] = {"budget_minutes": args.dp_minutes, "planned_epochs": args.dp_epochs, "max_grad_norm": 1.0,
-                                     **training, **dp_epsilon_spent(root / "train.log")}
-            write_benchmark(path, result)
+        if not (root / "models" / "checkpoint_final.pt").is_file():  # a rerun audits the trained twin, no more training
+            train_bundle(DDPM, data, root, args.dp_minutes, args.seed, args.threads, {"dp_epochs": args.dp_epochs},
+                         overlays=("dp_train.yaml",))
+        result["dp_training"] = {"budget_minutes": args.dp_minutes, "planned_epochs": args.dp_epochs, "max_grad_norm": 1.0,
+                                 **training_facts(root), **dp_epsilon_spent(root, delta=1e-4)}  # dp_train.yaml's dp_delta
+        write_benchmark(path, result)
         masks = work / "synthetic" / "masks" / "datalist.json"
         synthetic = draw_images(root, masks, "synthetic", work / "synthetic" / "dp", args.seed + 1, args.threads)
         runs["DP-SGD ddpm_cmr (twin of the benchmark generator, 50 members)"] = (root, data / "datalist.json", synthetic)
     if "overfit" in wanted and args.overfit_minutes > 0:
         few = few_patient_datalist(data, 5)
         root = work / "ddpm_cmr_overfit5"
-        if "overfit_training" not in result:  # a rerun audits the trained generator instead of training it further
-            training = train_bundle(DDPM, data, root, args.overfit_minutes, args.seed, args.threads, {"datalist": str(few)})
-            result["overfit_training"] = {"patients": 5, "budget_minutes": args.overfit_minutes, **training}
+        if not (root / "models" / "checkpoint_final.pt").is_file():  # a rerun audits the trained generator, no more training
+            train_bundle(DDPM, data, root, args.overfit_minutes, args.seed, args.threads, {"datalist": str(few)})
+        result["overfit_training"] = {"patients": 5, "budget_minutes": args.overfit_minutes, **training_facts(root)}
         runs["ddpm_cmr overfit on 5 patients (sanity: must be caught)"] = (root, few, None)
     for name, (root, datalist, synthetic) in runs.items():
         audits[name] = audit(work, root, datalist, synthetic, name.split(" (")[0].replace(" ", "_"), args.threads,
                               args.slices_per_patient)
         result["finished"] = time.strftime("%Y-%m-%d %H:%M")
         write_benchmark(path, result)
+    copy_figures(work)
     replace_marked(BUNDLE / "docs" / "README.md", "results", results_markdown(result))
     print(json.dumps({n: {k: round(v["auc"]["value"], 3) for k, v in a["membership"].items()} for n, a in audits.items()}, indent=1))
 

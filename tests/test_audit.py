@@ -19,7 +19,8 @@ import torch
 from monai.networks.nets import DiffusionModelUNet
 from monai.networks.schedulers import DDPMScheduler
 
-from cmrsynth.audit import attack_scores, audit_slices, leakage, load_encoder, membership_table, planted_copy_check, release
+from cmrsynth.audit import (attack_scores, audit_slices, leakage, load_encoder, membership_table, planted_copy_check,
+                            reconstruction_attack, release)
 from cmrsynth.benchmark import REPO
 from cmrsynth.data.acdc import read_acdc
 from cmrsynth.data.prepare import PrepareConfig, prepare_cohort
@@ -79,12 +80,11 @@ def test_planted_copy_check_measures_sensitivity_and_specificity():
     rng = np.random.default_rng(0)
     train, holdout, honest = (rng.normal(0, 1, (k, 8, 8)) for k in (60, 40, 30))
     centred = lambda x: x.reshape(len(x), -1) - x.reshape(len(x), -1).mean(1, keepdims=True)  # noqa: E731
-    out = planted_copy_check(honest, train, holdout, n=10, noise=0.1, encoder=centred)
+    out = planted_copy_check(honest, train, holdout, n=10, noise=(0.1, 3.0), encoder=centred)
     for space in ("pixel", "feature"):
-        assert out[space]["sensitivity_exact"] == 1.0 and out[space]["sensitivity_noisy"] == 1.0
+        assert out[space]["sensitivity"]["exact"] == 1.0 and out[space]["sensitivity"]["noise_0.1"] == 1.0
         assert out[space]["specificity"] >= 0.9
-    loud = planted_copy_check(honest, train, holdout, n=10, noise=2.0)  # noise louder than the images: not a copy
-    assert loud["pixel"]["sensitivity_noisy"] < 0.5
+    assert out["pixel"]["sensitivity"]["noise_3"] < 0.5  # noise louder than the image: no longer a copy
 
 
 def test_load_encoder_gives_pooled_features_of_a_trained_segmenter(tmp_path):
@@ -100,6 +100,30 @@ def test_load_encoder_gives_pooled_features_of_a_trained_segmenter(tmp_path):
     assert features.shape[0] == 3 and features.ndim == 2 and np.isfinite(features).all()
     with pytest.raises(Exception, match="model.pt"):
         load_encoder(bundle, tmp_path / "missing")
+
+
+def test_reconstruction_attack_catches_a_generator_that_redraws_its_members(prepared, tmp_path):
+    import nibabel as nib
+
+    chosen = audit_slices(prepared, per_patient=2, load=False)
+    assert all("array" not in e for e in chosen) and {e["role"] for e in chosen} == {"member", "non_member"}
+    (prepared / "datalist_reconstruction.json").write_text(json.dumps({"audit": chosen}))
+    syn, rng = tmp_path / "drawn", np.random.default_rng(0)
+    (syn / "images").mkdir(parents=True)
+    entries, provenance = [], {}
+    for i, e in enumerate(chosen):  # members redrawn almost exactly, non-members drawn anew
+        img = nib.load(prepared / e["image"])
+        real = np.asarray(img.dataobj, np.float32)
+        drawn = real + rng.normal(0, 0.05, real.shape) if e["role"] == "member" else rng.uniform(-1, 1, real.shape)
+        nib.save(nib.Nifti1Image(drawn.astype(np.float32), img.affine), syn / "images" / f"s{i}.nii.gz")
+        entries.append({"image": f"images/s{i}.nii.gz", "synthetic_id": f"s{i}"})
+        provenance[f"s{i}"] = {"index": i}
+    (syn / "datalist.json").write_text(json.dumps({"training": entries}))
+    (syn / "provenance.json").write_text(json.dumps(provenance))
+    out = reconstruction_attack(prepared / "datalist_reconstruction.json", "audit", syn / "datalist.json")
+    assert out["slices"] == len(chosen)
+    assert out["membership"]["neg_rms"]["auc"]["value"] == 1.0 and out["membership"]["ssim"]["auc"]["value"] == 1.0
+    assert out["median_per_slice"]["ssim"]["member"] > out["median_per_slice"]["ssim"]["non_member"]
 
 
 def test_release_gate_removes_planted_training_slices(prepared, tmp_path):

@@ -34,13 +34,18 @@ from cmrsynth.metrics import privacy
 NON_MEMBER_SECTIONS = ("validation", "test")
 
 
-def audit_slices(datalist: str | Path, per_patient: int | None = 6, seed: int = 0) -> list[dict]:
-    """Slices of members and non-members with their role; at most ``per_patient`` evenly spaced slices each."""
-    entries = [{**e, "role": "member"} for e in load_section(datalist, "training")]
+def audit_slices(datalist: str | Path, per_patient: int | None = 6, seed: int = 0, load: bool = True) -> list[dict]:
+    """Slices of members and non-members with their role; at most ``per_patient`` evenly spaced slices each.
+
+    With ``load=False`` the datalist entries are returned as they are (paths, no arrays)."""
+    path = Path(datalist)
+    path = path / "datalist.json" if path.is_dir() else path
+    read = load_section if load else (lambda p, section: [dict(e) for e in load_json(p)[section]])
+    entries = [{**e, "role": "member"} for e in read(path, "training")]
     for section in NON_MEMBER_SECTIONS:
-        entries += [{**e, "role": "non_member"} for e in load_section(datalist, section)]
+        entries += [{**e, "role": "non_member"} for e in read(path, section)]
     if any("patient" not in e for e in entries):
-        raise CMRDataError(Path(datalist), "entries need a 'patient' field to audit per patient")
+        raise CMRDataError(path, "entries need a 'patient' field to audit per patient")
     by_patient: dict[str, list[dict]] = {}
     for e in entries:
         by_patient.setdefault(e["patient"], []).append(e)
@@ -89,6 +94,50 @@ def membership_table(scores: dict, slices: Sequence[dict], seed: int = 0) -> dic
     return table
 
 
+def reconstruction_attack(mask_datalist: str | Path, mask_key: str, synthetic_datalist: str | Path, seed: int = 0) -> dict:
+    """Black-box reconstruction attack on a mask-conditioned generator: does it redraw a patient's own image
+    when given that patient's mask?
+
+    ``synthetic_datalist`` holds images the generator drew (its inference config) from the ``mask_key`` slices of
+    ``mask_datalist``, whose entries carry ``patient`` and ``role`` (``audit_slices(..., load=False)``); the private
+    ``provenance.json`` beside it links each image to its mask. Scores per slice: the negative RMS distance and
+    the SSIM between the drawn image and the real image of that mask, averaged per patient; higher = member.
+    Anyone who can sample the model with chosen masks can run it (no weights needed).
+    """
+    from monai.metrics import SSIMMetric
+
+    real = load_section(mask_datalist, mask_key)
+    syn_path = Path(synthetic_datalist)
+    syn = load_section(syn_path, "training")
+    provenance = load_json(syn_path.parent / "provenance.json")
+    source = [real[provenance[e["synthetic_id"]]["index"]] for e in syn]
+    drawn, truth = (torch.as_tensor(np.stack([e["array"] for e in es]), dtype=torch.float32)[:, None] for es in (syn, source))
+    scores = {"neg_rms": (-((drawn - truth) ** 2).mean((1, 2, 3)).sqrt()).tolist(),
+              "ssim": SSIMMetric(spatial_dims=2, data_range=2.0)(drawn, truth).flatten().tolist()}  # images in [-1, 1]
+    table = membership_table(scores, source, seed)
+    roles = np.array([r["role"] for r in source])
+    medians = {name: {role: float(np.median(np.array(v)[roles == role])) for role in ("member", "non_member")}
+               for name, v in scores.items()}
+    return {"membership": table, "median_per_slice": medians, "slices": len(syn)}
+
+
+def _reconstruction(generator: dict, real_datalist: str | Path, out_dir: Path, per_patient: int | None, steps: int,
+                    batch_size: int, seed: int, device) -> dict:
+    """Draw an image from every audited slice's own mask with the generator's sampler; run the reconstruction attack."""
+    from cmrsynth.generate import generate_images
+
+    real = Path(real_datalist)
+    base = (real if real.is_dir() else real.parent).absolute()
+    chosen = [{**e, **{k: str(base / e[k]) for k in ("image", "label") if k in e}}  # absolute: this list lives elsewhere
+              for e in audit_slices(real_datalist, per_patient, seed, load=False)]
+    masks = out_dir / "reconstruction_masks.json"
+    write_json_atomic(masks, {"audit": chosen})
+    drawn = out_dir / "reconstruction"
+    generate_images(generator["denoiser"], generator["sampler"], masks, drawn, "audit", generator["groups"], generator["phases"],
+                    steps, batch_size=batch_size, seed=seed, device=device, overwrite=True)
+    return {"ddim_steps": steps, **reconstruction_attack(masks, "audit", drawn / "datalist.json", seed)}
+
+
 def leakage(synthetic_images: np.ndarray, train_images: np.ndarray, holdout_images: np.ndarray,
             synthetic_masks: np.ndarray | None = None, train_masks: np.ndarray | None = None,
             holdout_masks: np.ndarray | None = None, quantile: float = 0.01, encoder=None) -> dict:
@@ -124,29 +173,29 @@ def feature_leakage(encoder, synthetic_images: np.ndarray, train_images: np.ndar
 
 
 def planted_copy_check(synthetic_images: np.ndarray, train_images: np.ndarray, holdout_images: np.ndarray, n: int = 20,
-                       noise: float = 0.1, quantile: float = 0.01, encoder=None, seed: int = 0) -> dict:
+                       noise: Sequence[float] = (0.1, 0.3, 0.6), quantile: float = 0.01, encoder=None, seed: int = 0) -> dict:
     """Does the release gate catch training images slipped into a synthetic set, and spare the honest ones?
 
-    Plants ``n`` exact training images and ``n`` re-noised ones (Gaussian noise of ``noise`` times the training
-    images' sd) into the synthetic set and applies the holdout-calibrated threshold, in pixel space and (with an
-    ``encoder``) in its feature space.
+    Plants ``n`` training images as they are and, for each level in ``noise``, re-noised (Gaussian noise of that
+    fraction of the training images' sd), and applies the holdout-calibrated threshold, in pixel space and (with
+    an ``encoder``) in its feature space.
 
     Returns:
-        per space: the threshold, the share of exact and of noisy plants removed (sensitivity) and the share of
-        the honest synthetic images kept (specificity).
+        per space: the threshold, the share of the plants removed per kind (sensitivity) and the share of the
+        honest synthetic images kept (specificity).
     """
     rng = np.random.default_rng(seed)
     exact = train_images[rng.choice(len(train_images), min(n, len(train_images)), replace=False)]
-    noisy = exact + rng.normal(0.0, noise * float(train_images.std()), exact.shape).astype(exact.dtype)
-    spaces = {"pixel": [train_images, synthetic_images, exact, noisy, holdout_images]}
-    if encoder is not None:
-        spaces["feature"] = _standardised(encoder, train_images, synthetic_images, exact, noisy, holdout_images)
-    out = {"planted_exact": len(exact), "planted_noisy": len(noisy), "noise_sd_fraction": noise}
-    for space, (train, syn, ex, no, hold) in spaces.items():
+    plants = {"exact": exact} | {f"noise_{level:g}": exact + rng.normal(0.0, level * float(train_images.std()), exact.shape)
+                                 for level in noise}
+    sets = [train_images, holdout_images, synthetic_images, *plants.values()]
+    spaces = {"pixel": sets} | ({"feature": _standardised(encoder, *sets)} if encoder is not None else {})
+    out = {"planted": len(exact), "noise_sd_fractions": list(noise)}
+    for space, (train, hold, syn, *planted) in spaces.items():
         threshold = privacy.copy_threshold(privacy.nearest_distances(hold, train)[:, 0], quantile)
         kept = lambda x: privacy.release_gate(privacy.nearest_distances(x, train), threshold)  # noqa: E731
-        out[space] = {"threshold": threshold, "sensitivity_exact": float((~kept(ex)).mean()),
-                      "sensitivity_noisy": float((~kept(no)).mean()), "specificity": float(kept(syn).mean())}
+        out[space] = {"threshold": threshold, "specificity": float(kept(syn).mean()),
+                      "sensitivity": {kind: float((~kept(x)).mean()) for kind, x in zip(plants, planted)}}
     return out
 
 
@@ -202,7 +251,8 @@ def release(synthetic_datalist: str | Path, real_datalist: str | Path, out_path:
 
 def load_generator(bundle: str | Path, run_root: str | Path, device="cpu", overrides: dict | None = None,
                    checkpoint: str = "checkpoint_final.pt") -> dict:
-    """The audited generator built from its own bundle configs: EMA denoiser, training scheduler, classes.
+    """The audited generator built from its own bundle configs: EMA denoiser, training scheduler, DDIM sampler,
+    classes.
 
     ``overrides`` are the config values the generator was trained with, if not its defaults (e.g. a preset).
     ``checkpoint`` names a file in ``run_root/models``: the training checkpoint or ``best_ema.pt``.
@@ -214,13 +264,14 @@ def load_generator(bundle: str | Path, run_root: str | Path, device="cpu", overr
     if not ckpt.is_file():
         raise CMRDataError(ckpt, "generator checkpoint not found (train the generator bundle first)")
     parser = ConfigParser()
-    parser.read_config(str(bundle / "configs" / "common.yaml"))
+    parser.read_config([str(bundle / "configs" / f) for f in ("common.yaml", "inference.yaml")])
     parser.update({**(overrides or {}), "bundle_root": str(run_root), "device": f"$torch.device('{device}')"})
     ema = parser.get_parsed_content("ema")
     state = torch.load(ckpt, map_location=device, weights_only=True)
     ema.load_state_dict(state.get("ema", state))  # best_ema.pt holds the EMA state alone
     groups = parser.get_parsed_content("groups") if parser.get_parsed_content("num_classes") else None
     return {"denoiser": ema.module.eval(), "scheduler": parser.get_parsed_content("scheduler"), "groups": groups,
+            "sampler": parser.get_parsed_content("samplers#ddim"),
             "phases": parser.get_parsed_content("phases"), "name": bundle.name, "checkpoint": str(ckpt)}
 
 
@@ -263,21 +314,35 @@ def report_markdown(result: dict) -> str:
         lines.append(f"- closest examples: `{result['leakage'].get('figure', '')}`")
         if "feature" in result["leakage"]:
             lines += _leakage_lines("encoder-feature space, standardised features", result["leakage"]["feature"])
+    if "reconstruction" in result:
+        r = result["reconstruction"]
+        lines += ["", f"## Reconstruction attack (an image drawn from each audited slice's own mask, DDIM-{r['ddim_steps']}, "
+                  "compared with that slice's real image)", "",
+                  "| score | ROC AUC [95 % CI] | balanced accuracy (cross-fitted) | median per slice, members / non-members |",
+                  "|---|---|---|---|"]
+        for name, m in r["membership"].items():
+            med = r["median_per_slice"][name]
+            lines.append(f"| {name} | {m['auc']['value']:.2f} [{m['auc']['ci95'][0]:.2f}, {m['auc']['ci95'][1]:.2f}] | "
+                         f"{m['balanced_accuracy']['value']:.2f} | {med['member']:.3f} / {med['non_member']:.3f} |")
     if "planted_copy_check" in result:
         c = result["planted_copy_check"]
-        lines += ["", f"## Planted-copy check of the release gate ({c['planted_exact']} training images planted as they are, "
-                  f"{c['planted_noisy']} with noise of {c['noise_sd_fraction']:.0%} of their sd)", "",
-                  "| space | exact copies removed | noisy copies removed | honest synthetic images kept |", "|---|---|---|---|"]
-        lines += [f"| {space} | {c[space]['sensitivity_exact']:.0%} | {c[space]['sensitivity_noisy']:.0%} | {c[space]['specificity']:.1%} |"
+        kinds = list(c["pixel"]["sensitivity"])
+        lines += ["", f"## Planted-copy check of the release gate ({c['planted']} training images slipped into the synthetic set, "
+                  "as they are and with Gaussian noise of a fraction of their sd)", "",
+                  "| space | " + " | ".join(f"removed: {k.replace('noise_', 'noise ')}" for k in kinds) + " | honest synthetic kept |",
+                  "|---" * (len(kinds) + 2) + "|"]
+        lines += [f"| {space} | " + " | ".join(f"{c[space]['sensitivity'][k]:.0%}" for k in kinds) + f" | {c[space]['specificity']:.1%} |"
                   for space in ("pixel", "feature") if space in c]
     return "\n".join(lines) + "\n"
 
 
 def run_audit(generator: dict, real_datalist: str | Path, out_dir: str | Path, synthetic_datalist: str | Path | None = None,
               synthetic_key: str = "training", per_patient: int | None = 6, timesteps: Sequence[int] = (50, 100, 200, 500),
-              batch_size: int = 32, seed: int = 0, device="cpu", tracking_uri: str | None = None, encoder=None) -> dict:
+              batch_size: int = 32, seed: int = 0, device="cpu", tracking_uri: str | None = None, encoder=None,
+              reconstruction_steps: int | None = None) -> dict:
     """Audit one generator: membership table and (with a synthetic set) leakage, in pixel space and, with an
-    ``encoder`` (``load_encoder``), in its feature space; writes JSON, markdown and PNGs."""
+    ``encoder`` (``load_encoder``), in its feature space; with ``reconstruction_steps``, the reconstruction attack
+    (images drawn with that many DDIM steps from the audited slices' own masks). Writes JSON, markdown and PNGs."""
     from cmrsynth.tracking import tracked_run
 
     out_dir = Path(out_dir)
@@ -301,6 +366,9 @@ def run_audit(generator: dict, real_datalist: str | Path, out_dir: str | Path, s
         png = out_dir / "closest_synthetic_vs_train.png"
         _nearest_figure(stack(syn, "array"), stack(train, "array"), np.array(result["leakage"]["synthetic_to_train"]), png)
         result["leakage"]["figure"] = png.name
+    if reconstruction_steps:
+        result["reconstruction"] = _reconstruction(generator, real_datalist, out_dir, per_patient, reconstruction_steps,
+                                                   batch_size, seed, device)
     write_json_atomic(out_dir / "audit.json", result)
     (out_dir / "audit.md").write_text(report_markdown(result))
     with tracked_run(out_dir, "privacy_audit", generator["name"], {"per_patient": per_patient, "timesteps": list(timesteps)},

@@ -80,7 +80,8 @@ def _check_privacy_audit(prepared, generator_root, synthetic):
     assert result["members"] == 3 and result["non_members"] == 2
     assert {"loss_t50", "pia_t50", "secmi_t100", "midband_t100"} <= set(result["membership"])
     assert result["leakage"]["pixel"]["synthetic"] == 10
-    assert result["planted_copy_check"]["pixel"]["sensitivity_exact"] == 1.0  # training slices planted as they are
+    assert result["planted_copy_check"]["pixel"]["sensitivity"]["exact"] == 1.0  # training slices planted as they are
+    assert result["reconstruction"]["slices"] == 10 and {"neg_rms", "ssim"} <= set(result["reconstruction"]["membership"])
     report = (audit / "eval" / "audit" / "audit.md").read_text()
     assert "| loss_t50 |" in report and "| pixel | 100% |" in report
     assert (audit / "eval" / "audit" / "closest_synthetic_vs_train.png").is_file()
