@@ -126,6 +126,27 @@ def test_reconstruction_attack_catches_a_generator_that_redraws_its_members(prep
     assert out["median_per_slice"]["ssim"]["member"] > out["median_per_slice"]["ssim"]["non_member"]
 
 
+def test_release_gate_removes_images_drawn_from_member_masks(prepared, tmp_path):
+    import nibabel as nib
+
+    data = json.loads((prepared / "datalist.json").read_text())
+    syn, rng = tmp_path / "drawn", np.random.default_rng(0)
+    (syn / "images").mkdir(parents=True)
+    entries, provenance = [], {}
+    for key in ("training", "test"):  # new images (noise) drawn from two members' and two non-members' masks
+        for i in range(2):
+            sid = f"{key}{i}"
+            affine = nib.load(prepared / data[key][i]["image"]).affine
+            nib.save(nib.Nifti1Image(rng.uniform(-1, 1, (32, 32)).astype(np.float32), affine), syn / "images" / f"{sid}.nii.gz")
+            entries.append({"image": f"images/{sid}.nii.gz", "synthetic_id": sid})
+            provenance[sid] = {"mask_datalist": str((prepared / "datalist.json").absolute()), "mask_key": key, "index": i}
+    (syn / "datalist.json").write_text(json.dumps({"training": entries}))
+    (syn / "provenance.json").write_text(json.dumps(provenance))
+    record = release(syn / "datalist.json", prepared / "datalist.json", syn / "released.json")
+    assert [r["synthetic_id"] for r in record["removed"]] == ["training0", "training1"]
+    assert "own mask" in record["removed"][0]["reason"] and record["kept"] == 2
+
+
 def test_release_gate_removes_planted_training_slices(prepared, tmp_path):
     syn = tmp_path / "synthetic"
     shutil.copytree(prepared, syn)

@@ -218,10 +218,30 @@ def load_encoder(bundle: str | Path, run_root: str | Path, device="cpu", layer: 
     return lambda images: pooled_features(network, images, layer, device=device)
 
 
+def drawn_from_member_masks(synthetic_datalist: Path, entries: Sequence[dict]) -> np.ndarray:
+    """For each synthetic entry, whether it was drawn from a training patient's real mask (``role: member`` in the
+    source datalist its private ``provenance.json`` points to); all False when there is no provenance."""
+    provenance_path = Path(synthetic_datalist).parent / "provenance.json"
+    if not provenance_path.is_file():
+        return np.zeros(len(entries), bool)
+    provenance, sources = load_json(provenance_path), {}
+    flags = []
+    for e in entries:
+        link = provenance.get(e.get("synthetic_id"), {})
+        if "mask_datalist" not in link:
+            flags.append(False)
+            continue
+        source = sources.setdefault((link["mask_datalist"], link["mask_key"]),
+                                    load_json(Path(link["mask_datalist"])).get(link["mask_key"], []))
+        flags.append(link["index"] < len(source) and source[link["index"]].get("role") == "member")
+    return np.array(flags, bool)
+
+
 def release(synthetic_datalist: str | Path, real_datalist: str | Path, out_path: str | Path, quantile: float = 0.01,
             key: str = "training") -> dict:
     """The release gate: drop synthetic slices closer (pixel RMS) to a training slice than the holdout-calibrated
-    threshold; write the filtered datalist (same folder layout) and a record of what was removed and why."""
+    threshold, and slices drawn from a training patient's own mask (found through ``provenance.json``); write the
+    filtered datalist (same folder layout) and a record of what was removed and why."""
     syn_path = Path(synthetic_datalist)
     syn_json = syn_path / "datalist.json" if syn_path.is_dir() else syn_path
     syn = load_section(syn_json, key)
@@ -233,12 +253,17 @@ def release(synthetic_datalist: str | Path, real_datalist: str | Path, out_path:
     d_syn = privacy.nearest_distances(np.stack([e["array"] for e in syn]), train_images)
     d_hold = privacy.nearest_distances(np.stack([e["array"] for e in holdout]), train_images)
     threshold = privacy.copy_threshold(d_hold[:, 0], quantile)
-    keep = privacy.release_gate(d_syn, threshold)
+    near = ~privacy.release_gate(d_syn, threshold)
+    member_mask = drawn_from_member_masks(syn_json, syn)
+    keep = ~near & ~member_mask
     data = load_json(syn_json)
     data[key] = [e for e, k in zip(data[key], keep) if k]
+    why_near = f"closer to a training slice than {threshold:.4f} (the {quantile:.0%} quantile of holdout-to-train distances)"
+    why_member = ("drawn from a training patient's own mask: the reconstruction attack shows such images carry that "
+                  "patient's appearance")
     removed = [{"synthetic_id": e.get("synthetic_id", e.get("image")), "distance_to_nearest_train": float(d[0]),
-                "reason": f"closer to a training slice than {threshold:.4f} (the {quantile:.0%} quantile of holdout-to-train distances)"}
-               for e, d, k in zip(syn, d_syn, keep) if not k]
+                "reason": "; ".join(r for r, hit in ((why_near, n), (why_member, m)) if hit)}
+               for e, d, n, m, k in zip(syn, d_syn, near, member_mask, keep) if not k]
     record = {"threshold": threshold, "quantile": quantile, "kept": int(keep.sum()), "removed": removed,
               "synthetic_datalist": str(syn_json), "holdout_patients": len({e.get("patient") for e in holdout})}
     out_path = Path(out_path)

@@ -18,6 +18,7 @@ for paired fidelity metrics) goes to ``provenance.json`` only, which is not part
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections import Counter
 from pathlib import Path
@@ -159,6 +160,10 @@ def generate_images(
     """
     entries, root = _load_masks(mask_datalist, mask_key)
     entries = entries[:max_images] if max_images else entries
+    if any(e.get("role") == "member" for e in entries):
+        logging.getLogger(__name__).warning(
+            f"{mask_datalist} [{mask_key}]: drawing from training patients' own masks; such images carry those patients' "
+            "appearance (privacy_audit's reconstruction attack) and its release gate removes them")
     groups = list(groups or [])
     null_class = len(groups) * len(phases) if groups else None
     generator = torch.Generator().manual_seed(seed)
