@@ -11,7 +11,7 @@
 """Benchmark of the privacy_audit bundle on real ACDC (CPU preset, 64x64): audits the ddpm_cmr trained by
 scripts/benchmark_ddpm_cmr.py (members: the 50 train patients; non-members: the 20 val + test patients), with
 sanity rows: an untrained ddpm_cmr (must not be caught) and a ddpm_cmr overfit on 5 patients (must be caught);
-and its DP-SGD twin (same config and data plus configs/dp_train.yaml, same wall-time budget), whose images on the
+the same recipe stopped at its validation minimum (does early stopping reduce the leak?); and its DP-SGD twin (same config and data plus configs/dp_train.yaml, same wall-time budget), whose images on the
 mask_generator masks go to scripts/benchmark_seg_utility.py --modes synthetic-dp for utility.
 
     python scripts/benchmark_privacy_audit.py --work runs/bench3 --overfit-minutes 12 --dp-minutes 30
@@ -122,6 +122,10 @@ def results_markdown(result: dict) -> str:
     if "overfit_training" in result:
         o = result["overfit_training"]
         parts.append(f"The overfit sanity generator trained {o['iteration']} steps ({o['training_wall_seconds'] / 60:.0f} min) on {o['patients']} patients.")
+    if "early_training" in result:
+        e = result["early_training"]
+        parts.append(f"The early-stopped generator is the benchmark recipe stopped after {e['iteration']} steps "
+                     f"({e['training_wall_seconds'] / 60:.0f} min), where ddpm_cmr's validation loss was lowest.")
     if "dp_training" in result:
         d = result["dp_training"]
         parts.append(f"The DP-SGD twin trained {d['iteration']} steps ({d['training_wall_seconds'] / 60:.0f} min, budget {d['budget_minutes']:.0f} min) "
@@ -141,7 +145,7 @@ def main() -> None:
     p.add_argument("--overfit-minutes", type=float, default=12.0, help="training budget of the 5-patient generator (0: skip)")
     p.add_argument("--dp-minutes", type=float, default=0.0, help="training budget of the DP-SGD twin (0: skip)")
     p.add_argument("--dp-epochs", type=int, default=50, help="planned passes of the DP twin (sets its noise for epsilon 10)")
-    p.add_argument("--audits", default="benchmark,untrained,overfit,dp", help="which audits to (re)run")
+    p.add_argument("--audits", default="benchmark,untrained,overfit,dp,early", help="which audits to (re)run")
     args = p.parse_args()
     path = BUNDLE / "docs" / "benchmark.json"
     if args.stage == "render":
@@ -173,6 +177,12 @@ def main() -> None:
         masks = work / "synthetic" / "masks" / "datalist.json"
         synthetic = draw_images(root, masks, "synthetic", work / "synthetic" / "dp", args.seed + 1, args.threads)
         runs["DP-SGD ddpm_cmr (twin of the benchmark generator, 50 members)"] = (root, data / "datalist.json", synthetic)
+    if "early" in wanted:  # the benchmark generator's recipe stopped at its validation minimum (epoch 15, 3,000 steps)
+        root = work / "ddpm_cmr_epoch15"
+        if not (root / "models" / "checkpoint_final.pt").is_file():
+            train_bundle(DDPM, data, root, 30.0, args.seed, args.threads, {"max_epochs": 15})
+        result["early_training"] = {"max_epochs": 15, **training_facts(root)}
+        runs["ddpm_cmr stopped at epoch 15 (its validation minimum), 50 members"] = (root, data / "datalist.json", None)
     if "overfit" in wanted and args.overfit_minutes > 0:
         few = few_patient_datalist(data, 5)
         root = work / "ddpm_cmr_overfit5"
