@@ -147,6 +147,23 @@ def test_release_gate_removes_images_drawn_from_member_masks(prepared, tmp_path)
     assert "own mask" in record["removed"][0]["reason"] and record["kept"] == 2
 
 
+def test_release_gate_removes_new_images_on_copied_training_masks(prepared, tmp_path):
+    import nibabel as nib
+
+    syn = tmp_path / "synthetic"
+    shutil.copytree(prepared, syn)
+    data = json.loads((syn / "datalist.json").read_text())
+    copied = [{k: e[k] for k in ("image", "label")} for e in data["training"][:3]]  # training masks, new images
+    for e in copied:
+        img = nib.load(syn / e["image"])
+        noise = np.random.default_rng(0).uniform(-1, 1, img.shape).astype(np.float32)
+        nib.save(nib.Nifti1Image(noise, img.affine), syn / e["image"])
+    (syn / "datalist.json").write_text(json.dumps({"training": copied}))
+    record = release(syn / "datalist.json", prepared / "datalist.json", syn / "released.json")
+    assert record["kept"] == 0 and all("its mask is closer to a training mask" in r["reason"] for r in record["removed"])
+    assert all(r["mask_dice_to_nearest_train"] == 1.0 for r in record["removed"])
+
+
 def test_release_gate_removes_planted_training_slices(prepared, tmp_path):
     syn = tmp_path / "synthetic"
     shutil.copytree(prepared, syn)

@@ -237,11 +237,24 @@ def drawn_from_member_masks(synthetic_datalist: Path, entries: Sequence[dict]) -
     return np.array(flags, bool)
 
 
+def _mask_copies(synthetic: Sequence[dict], train: Sequence[dict], holdout: Sequence[dict], quantile: float):
+    """Dice of each synthetic mask to its nearest training mask, and the (1 - quantile) quantile of the same for
+    held-out masks; synthetic entries without a mask get Dice 0 (never removed on this ground)."""
+    stack = lambda es: np.stack([e["mask"] for e in es])  # noqa: E731
+    hold = privacy.mask_dice_nearest(stack(holdout), stack(train))
+    dice = np.zeros(len(synthetic))
+    with_mask = [i for i, e in enumerate(synthetic) if "mask" in e]
+    if with_mask:
+        dice[with_mask] = privacy.mask_dice_nearest(stack([synthetic[i] for i in with_mask]), stack(train))
+    return dice, float(np.quantile(hold, 1.0 - quantile))
+
+
 def release(synthetic_datalist: str | Path, real_datalist: str | Path, out_path: str | Path, quantile: float = 0.01,
             key: str = "training") -> dict:
     """The release gate: drop synthetic slices closer (pixel RMS) to a training slice than the holdout-calibrated
-    threshold, and slices drawn from a training patient's own mask (found through ``provenance.json``); write the
-    filtered datalist (same folder layout) and a record of what was removed and why."""
+    threshold, slices whose mask is closer to a training mask than held-out masks are (same quantile), and slices
+    drawn from a training patient's own mask (found through ``provenance.json``); write the filtered datalist (same
+    folder layout) and a record of what was removed and why."""
     syn_path = Path(synthetic_datalist)
     syn_json = syn_path / "datalist.json" if syn_path.is_dir() else syn_path
     syn = load_section(syn_json, key)
@@ -255,16 +268,22 @@ def release(synthetic_datalist: str | Path, real_datalist: str | Path, out_path:
     threshold = privacy.copy_threshold(d_hold[:, 0], quantile)
     near = ~privacy.release_gate(d_syn, threshold)
     member_mask = drawn_from_member_masks(syn_json, syn)
-    keep = ~near & ~member_mask
+    mask_dice, mask_threshold = _mask_copies(syn, train, holdout, quantile)
+    near_mask = mask_dice > mask_threshold
+    keep = ~near & ~member_mask & ~near_mask
     data = load_json(syn_json)
     data[key] = [e for e, k in zip(data[key], keep) if k]
     why_near = f"closer to a training slice than {threshold:.4f} (the {quantile:.0%} quantile of holdout-to-train distances)"
     why_member = ("drawn from a training patient's own mask: the reconstruction attack shows such images carry that "
                   "patient's appearance")
+    why_mask = (f"its mask is closer to a training mask than {1 - quantile:.0%} of held-out masks are (Dice above "
+                f"{mask_threshold:.3f}); the generator may draw that patient's appearance on it")
     removed = [{"synthetic_id": e.get("synthetic_id", e.get("image")), "distance_to_nearest_train": float(d[0]),
-                "reason": "; ".join(r for r, hit in ((why_near, n), (why_member, m)) if hit)}
-               for e, d, n, m, k in zip(syn, d_syn, near, member_mask, keep) if not k]
-    record = {"threshold": threshold, "quantile": quantile, "kept": int(keep.sum()), "removed": removed,
+                "mask_dice_to_nearest_train": float(md),
+                "reason": "; ".join(r for r, hit in ((why_near, n), (why_member, m), (why_mask, nm)) if hit)}
+               for e, d, md, n, m, nm, k in zip(syn, d_syn, mask_dice, near, member_mask, near_mask, keep) if not k]
+    record = {"threshold": threshold, "mask_dice_threshold": mask_threshold, "quantile": quantile, "kept": int(keep.sum()),
+              "removed": removed,
               "synthetic_datalist": str(syn_json), "holdout_patients": len({e.get("patient") for e in holdout})}
     out_path = Path(out_path)
     if out_path.parent.resolve() != syn_json.parent.resolve():
