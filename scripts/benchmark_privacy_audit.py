@@ -133,7 +133,7 @@ def results_markdown(result: dict) -> str:
                      f"noise multiplier {d['noise_multiplier']:.3f}, clipping norm {d['max_grad_norm']}.")
     parts.append(summary_table(result["audits"]))
     for name, a in result["audits"].items():
-        body = report_markdown(a).split("\n", 1)[1]  # drop the report's own title
+        body = report_markdown(a).split("\n", 1)[1].replace("\n## ", "\n#### ")  # drop the title, nest the sections
         parts.append(f"### {name}\n{body}")
     return "\n\n".join(parts)
 

@@ -338,12 +338,39 @@ def _leakage_lines(space: str, p: dict) -> list[str]:
             f"- NNDR median: synthetic {p['nndr_median_synthetic']:.3f}, holdout {p['nndr_median_holdout']:.3f}"]
 
 
+def _finding(kind: str, table: dict) -> str:
+    """One sentence: which attacks separate members beyond chance (95 % interval of the AUC excluding 0.5; below
+    it, the attack's signal runs the other way, which still tells members apart)."""
+    caught = {name: m["auc"] for name, m in table.items() if not m["auc"]["ci95"][0] <= 0.5 <= m["auc"]["ci95"][1]}
+    if not caught:
+        return f"- {kind}: no attack tells members from non-members beyond chance (every AUC interval includes 0.5)."
+    listed = ", ".join(f"{n} AUC {a['value']:.2f} [{a['ci95'][0]:.2f}, {a['ci95'][1]:.2f}]" + (" (inverted)" if a["value"] < 0.5 else "")
+                       for n, a in caught.items())
+    return f"- {kind}: **members can be told apart** by {listed}."
+
+
+def summary_lines(result: dict) -> list[str]:
+    """The report's verdict in plain sentences."""
+    lines = ["## Summary", "", _finding("Membership (white-box, model weights)", result["membership"])]
+    if "reconstruction" in result:
+        lines.append(_finding("Reconstruction (black-box, images drawn from the patients' own masks)",
+                              result["reconstruction"]["membership"]))
+    if "leakage" in result:
+        p = result["leakage"]["pixel"]
+        lines.append(f"- Synthetic set: {p['near_copies']} of {p['synthetic']} images closer to a training image than "
+                     f"{p['threshold_quantile']:.0%} of held-out real images are (a rate of {p['near_copy_rate']:.1%}; about "
+                     f"{p['threshold_quantile']:.0%} is expected by chance); `release.yaml` removes them.")
+    return lines + [""]
+
+
 def report_markdown(result: dict) -> str:
     """A plain report a data-protection officer can read."""
     lines = [f"# Privacy audit: {result['generator']}", "",
              f"Members (the generator's training patients): {result['members']}; non-members (held-out patients of the "
              f"same cohort): {result['non_members']}. Scores are per patient (mean over up to {result['slices_per_patient']} "
              "slices). Attack success of 0.5 balanced accuracy / 0.5 AUC means the attacker cannot tell members apart.", "",
+             *summary_lines(result),
+             "## Membership inference (white-box)", "",
              "| attack | ROC AUC [95 % CI] | TPR at 1 % FPR | TPR at 10 % FPR | balanced accuracy (cross-fitted) [95 % CI] |",
              "|---|---|---|---|---|"]
     for name, m in result["membership"].items():
@@ -418,6 +445,11 @@ def run_audit(generator: dict, real_datalist: str | Path, out_dir: str | Path, s
     with tracked_run(out_dir, "privacy_audit", generator["name"], {"per_patient": per_patient, "timesteps": list(timesteps)},
                      tracking_uri) as run:
         run.log_metrics({f"{a}_auc": m["auc"]["value"] for a, m in result["membership"].items()})
+        if "reconstruction" in result:
+            run.log_metrics({f"reconstruction_{a}_auc": m["auc"]["value"] for a, m in result["reconstruction"]["membership"].items()})
+        if "leakage" in result:
+            run.log_metrics({f"near_copy_rate_{space}": result["leakage"][space]["near_copy_rate"]
+                             for space in ("pixel", "feature") if space in result["leakage"]})
         run.log_artifact(out_dir / "audit.json")
         run.log_artifact(out_dir / "audit.md")
     return result
