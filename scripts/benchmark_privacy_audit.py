@@ -65,34 +65,31 @@ def few_patient_datalist(data: Path, k: int) -> Path:
     return path
 
 
-def dp_epsilon_spent(root: Path, delta: float) -> dict:
-    """The (epsilon, delta) a DP-SGD run spent, from the accountant history in its final checkpoint."""
+def dp_training_facts(root: Path) -> dict:
+    """How the DP-SGD twin trained (train.log) and what it spent (the accountant history in its final checkpoint,
+    at dp_train.yaml's delta)."""
     import torch
-    from opacus.accountants import RDPAccountant
+    from monai.bundle import ConfigParser
 
+    from cmrsynth.dp import budget_spent
+
+    dp = ConfigParser.load_config_file(str(DDPM / "configs" / "dp_train.yaml"))
     state = torch.load(root / "models" / "checkpoint_final.pt", map_location="cpu", weights_only=False)
     if "dp" not in state:
         raise SystemExit(f"{root}: the checkpoint holds no DP-SGD accountant (did training run with dp_train.yaml?)")
-    accountant = RDPAccountant()
-    accountant.history = [tuple(h) for h in state["dp"]["history"]]
-    noise, rate, _ = accountant.history[-1]
-    return {"epsilon": float(accountant.get_epsilon(delta)), "delta": delta, "noise_multiplier": float(noise),
-            "sample_rate": float(rate), "steps": sum(h[2] for h in accountant.history)}
+    return {"max_grad_norm": dp["dp_max_grad_norm"], **training_facts(root), **budget_spent(state["dp"], dp["dp_delta"])}
 
 
-def copy_figures(work: Path) -> list[str]:
+def copy_figures(work: Path) -> None:
     """The closest-to-training figures of the audits with a synthetic set, and the DP twin's samples, into docs/."""
     import shutil
 
     figures = {work / "privacy_audit" / "ddpm_cmr" / "closest_synthetic_vs_train.png": "closest_ddpm_cmr.png",
                work / "privacy_audit" / "DP-SGD_ddpm_cmr" / "closest_synthetic_vs_train.png": "closest_dp_ddpm_cmr.png",
                work / "synthetic" / "dp" / "samples.png": "dp_ddpm_cmr_samples.png"}
-    copied = []
     for source, name in figures.items():
         if source.is_file():
             shutil.copy(source, BUNDLE / "docs" / name)
-            copied.append(name)
-    return copied
 
 
 def summary_table(audits: dict) -> str:
@@ -171,8 +168,7 @@ def main() -> None:
         if not (root / "models" / "checkpoint_final.pt").is_file():  # a rerun audits the trained twin, no more training
             train_bundle(DDPM, data, root, args.dp_minutes, args.seed, args.threads, {"dp_epochs": args.dp_epochs},
                          overlays=("dp_train.yaml",))
-        result["dp_training"] = {"budget_minutes": args.dp_minutes, "planned_epochs": args.dp_epochs, "max_grad_norm": 1.0,
-                                 **training_facts(root), **dp_epsilon_spent(root, delta=1e-4)}  # dp_train.yaml's dp_delta
+        result["dp_training"] = {"budget_minutes": args.dp_minutes, "planned_epochs": args.dp_epochs, **dp_training_facts(root)}
         write_benchmark(path, result)
         masks = work / "synthetic" / "masks" / "datalist.json"
         synthetic = draw_images(root, masks, "synthetic", work / "synthetic" / "dp", args.seed + 1, args.threads)

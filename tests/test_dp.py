@@ -16,7 +16,7 @@ import pytest
 import torch
 from monai.engines import SupervisedTrainer
 
-from cmrsynth.dp import DPTraining
+from cmrsynth.dp import DPTraining, budget_spent
 
 warnings.filterwarnings("ignore", module="opacus")
 
@@ -45,6 +45,11 @@ def test_dp_training_spends_at_most_its_budget_and_resumes_counting():
     assert fresh.epsilon() == 0.0
     fresh.load_state_dict(dp.state_dict())
     assert fresh.epsilon() == pytest.approx(spent)
+    saved = budget_spent(dp.state_dict(), delta=1e-3)  # what a benchmark reads back from the checkpoint
+    assert saved["epsilon"] == pytest.approx(spent) and saved["noise_multiplier"] == pytest.approx(dp.noise_multiplier)
+    assert saved["steps"] == trainer.state.iteration
+    with pytest.raises(ValueError, match="no steps"):
+        budget_spent({"history": []}, delta=1e-3)
 
 
 def test_dp_training_refuses_batchnorm_and_a_large_delta():

@@ -22,6 +22,26 @@ import logging
 import torch
 
 
+def _accountant(history, kind: str = "rdp"):
+    """An Opacus accountant of ``kind`` holding a step history of (noise multiplier, sample rate, steps)."""
+    from opacus.accountants import create_accountant
+
+    accountant = create_accountant(kind)
+    accountant.history = [tuple(h) for h in history]
+    return accountant
+
+
+def budget_spent(state: dict, delta: float, accountant: str = "rdp") -> dict:
+    """What a run spent, from the ``DPTraining.state_dict()`` saved in its checkpoint: epsilon at ``delta``, the
+    noise multiplier and sample rate of its last steps, and the number of noisy steps."""
+    spent = _accountant(state["history"], accountant)
+    if not spent.history:
+        raise ValueError("the DP-SGD state holds no steps")
+    noise, rate, _ = spent.history[-1]
+    return {"epsilon": float(spent.get_epsilon(delta)), "delta": float(delta), "noise_multiplier": float(noise),
+            "sample_rate": float(rate), "steps": int(sum(h[2] for h in spent.history))}
+
+
 class DPTraining:
     """DP-SGD for a bundle's trainer (Abadi et al. 2016), calibrated to a target (epsilon, delta).
 
@@ -52,6 +72,7 @@ class DPTraining:
         if not 0 < delta <= 1.0 / n:
             raise ValueError(f"delta must be in (0, 1/{n}] for {n} training samples, got {delta}")
         self.target_epsilon, self.delta = float(target_epsilon), float(delta)
+        self.accountant_kind = accountant
         self.engine = PrivacyEngine(accountant=accountant)
         self.network, self.optimizer, self.data_loader = self.engine.make_private_with_epsilon(
             module=network, optimizer=optimizer, data_loader=data_loader, target_epsilon=target_epsilon,
@@ -82,9 +103,7 @@ class DPTraining:
         if not accountant.history:
             return 0.0
         *earlier, (noise, rate, steps) = accountant.history
-        trial = type(accountant)()
-        trial.history = [*earlier, (noise, rate, steps + 1)]
-        return float(trial.get_epsilon(self.delta))
+        return float(_accountant([*earlier, (noise, rate, steps + 1)], self.accountant_kind).get_epsilon(self.delta))
 
     def _check(self, engine) -> None:
         # stop before the step that would overspend: the budget is never exceeded
