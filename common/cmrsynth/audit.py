@@ -165,6 +165,19 @@ def _standardised(encoder, train_images: np.ndarray, *others: np.ndarray) -> lis
     return [(f - mean) / sd for f in (f_train, *(np.asarray(encoder(x)) for x in others))]
 
 
+def _encode_once(encoder):
+    """``encoder`` remembering its features per image array: the audit encodes the same sets for the leakage report
+    and for the planted-copy check."""
+    seen: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def encode(images: np.ndarray) -> np.ndarray:
+        if id(images) not in seen:
+            seen[id(images)] = (images, np.asarray(encoder(images)))  # holding the array keeps its id from being reused
+        return seen[id(images)][1]
+
+    return encode
+
+
 def feature_leakage(encoder, synthetic_images: np.ndarray, train_images: np.ndarray, holdout_images: np.ndarray,
                     quantile: float = 0.01) -> dict:
     """Leakage report in an encoder's feature space, each feature standardised on the training images."""
@@ -430,12 +443,12 @@ def run_audit(generator: dict, real_datalist: str | Path, out_dir: str | Path, s
         train = load_section(real_datalist, "training")
         hold = [e for s in NON_MEMBER_SECTIONS for e in load_section(real_datalist, s)]
         stack = lambda es, k: np.stack([e[k] for e in es])  # noqa: E731
-        result["leakage"] = leakage(stack(syn, "array"), stack(train, "array"), stack(hold, "array"),
-                                    stack(syn, "mask"), stack(train, "mask"), stack(hold, "mask"), encoder=encoder)
-        result["planted_copy_check"] = planted_copy_check(stack(syn, "array"), stack(train, "array"), stack(hold, "array"),
-                                                          encoder=encoder, seed=seed)
+        images = [stack(es, "array") for es in (syn, train, hold)]
+        encoder = _encode_once(encoder) if encoder is not None else None
+        result["leakage"] = leakage(*images, stack(syn, "mask"), stack(train, "mask"), stack(hold, "mask"), encoder=encoder)
+        result["planted_copy_check"] = planted_copy_check(*images, encoder=encoder, seed=seed)
         png = out_dir / "closest_synthetic_vs_train.png"
-        _nearest_figure(stack(syn, "array"), stack(train, "array"), np.array(result["leakage"]["synthetic_to_train"]), png)
+        _nearest_figure(images[0], images[1], np.array(result["leakage"]["synthetic_to_train"]), png)
         result["leakage"]["figure"] = png.name
     if reconstruction_steps:
         result["reconstruction"] = _reconstruction(generator, real_datalist, out_dir, per_patient, reconstruction_steps,
