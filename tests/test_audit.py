@@ -16,15 +16,13 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from monai.networks.nets import DiffusionModelUNet
-from monai.networks.schedulers import DDPMScheduler
 
 from cmrsynth.audit import (attack_scores, audit_slices, leakage, load_encoder, membership_table, planted_copy_check,
                             reconstruction_attack, release)
 from cmrsynth.benchmark import REPO
 from cmrsynth.data.acdc import read_acdc
 from cmrsynth.data.prepare import PrepareConfig, prepare_cohort
-from cmrsynth.engines import ConditionalDenoiser
+from tests.generative.helpers import OBJECTIVES, tiny_generator
 
 
 @pytest.fixture(scope="module")
@@ -44,12 +42,11 @@ def test_audit_slices_take_roles_from_the_split(prepared):
     assert max(counts.values()) <= 3 and all("array" in e and "mask" in e for e in slices)
 
 
-def test_attack_table_scores_every_attack_per_patient(prepared):
-    torch.manual_seed(0)
-    net = DiffusionModelUNet(2, 5, 1, channels=(8, 8), attention_levels=(False, False), num_res_blocks=1, norm_num_groups=8)
+@pytest.mark.parametrize("objective", sorted(OBJECTIVES))
+def test_attack_table_scores_every_attack_per_patient(prepared, objective):
+    """One code path for every generator of the contract: DDPM and flow matching."""
     slices = audit_slices(prepared, per_patient=2)
-    scores = attack_scores(ConditionalDenoiser(net), DDPMScheduler(1000, prediction_type="v_prediction"), slices,
-                           timesteps=(50, 100), batch_size=4)
+    scores = attack_scores(tiny_generator(OBJECTIVES[objective]()), slices, levels=(0.05, 0.1), batch_size=4)
     assert set(scores) == {"loss_t50", "loss_t100", "pia_t50", "pia_t100", "secmi_t100", "midband_t100"}
     assert all(len(v) == len(slices) and np.isfinite(v).all() for v in scores.values())
     table = membership_table(scores, slices)

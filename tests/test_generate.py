@@ -16,29 +16,19 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from monai.networks.nets import DiffusionModelUNet
-from monai.networks.schedulers import DDIMScheduler
 
-from cmrsynth.engines import ConditionalDenoiser
-from cmrsynth.generate import class_plan, generate_images, generate_masks
-
-
-def _denoiser(cin, cout, classes=None, mode="none"):
-    torch.manual_seed(0)
-    net = DiffusionModelUNet(2, cin, cout, channels=(8, 8), attention_levels=(False, False), num_res_blocks=1,
-                             norm_num_groups=8, num_class_embeds=classes)
-    return ConditionalDenoiser(net, mode)
+from cmrsynth.errors import CMRDataError
+from cmrsynth.generate import generate_images, generate_masks
+from tests.generative.helpers import OBJECTIVES, ddpm_objective, tiny_generator
 
 
-def test_class_plan():
-    plan = class_plan(["NOR", "HCM"], ["ED", "ES"], 2)
-    assert len(plan) == 8 and plan[3] == ("HCM", "ES", 3)
-    assert class_plan([], ["ED"], 3) == [(None, None, 0)] * 3
+def _mask_generator(groups=()):
+    return tiny_generator(ddpm_objective(steps=100), in_channels=4, out_channels=4, mask_mode="none", groups=groups)
 
 
 def test_generate_masks_writes_a_shareable_datalist(tmp_path):
-    summary = generate_masks(_denoiser(4, 4, classes=5), DDIMScheduler(100), tmp_path / "m", ["NOR", "HCM"],
-                             per_class=2, size=16, num_inference_steps=3, keep_implausible=True, guidance_scale=2.0)
+    summary = generate_masks(_mask_generator(["NOR", "HCM"]), tmp_path / "m", per_class=2, num_inference_steps=3,
+                             keep_implausible=True, guidance_scale=2.0)
     d = json.loads((tmp_path / "m" / "datalist.json").read_text())
     assert summary["generated"] == summary["written"] == len(d["synthetic"]) == 8
     e = d["synthetic"][0]
@@ -46,17 +36,17 @@ def test_generate_masks_writes_a_shareable_datalist(tmp_path):
     mask = nib.load(tmp_path / "m" / e["label"])
     assert mask.shape == (16, 16) and set(np.unique(mask.get_fdata())) <= {0, 1, 2, 3}
     assert (tmp_path / "m" / "masks.png").is_file()
+    assert summary["sampler"] == "ddim" and summary["nfe"] == 3 and summary["num_inference_steps"] == 3
 
 
 def test_implausible_masks_are_dropped_and_counted(tmp_path):
-    summary = generate_masks(_denoiser(4, 4), DDIMScheduler(100), tmp_path / "m", [], per_class=4, size=16,
-                             num_inference_steps=2)
+    summary = generate_masks(_mask_generator(), tmp_path / "m", per_class=4, num_inference_steps=2)
     n_ok = round(summary["plausibility_rate"] * 4)
     assert summary["written"] == n_ok and summary["generated"] == 4
     assert sum(summary["failed_checks"].values()) >= 4 - n_ok
 
 
-def test_generate_images_from_real_masks_keeps_provenance_private(tmp_path):
+def _real_masks(tmp_path):
     root = tmp_path / "masks"
     (root / "labels").mkdir(parents=True)
     entries = []
@@ -68,8 +58,14 @@ def test_generate_images_from_real_masks_keeps_provenance_private(tmp_path):
         entries.append({"label": f"labels/p{i}.nii.gz", "patient": f"patient00{i}", "group": "DCM", "phase": "ES",
                         "spacing": [2.5, 2.5, 10.0]})
     (root / "datalist.json").write_text(json.dumps({"test": entries}))
-    summary = generate_images(_denoiser(5, 1, mode="concat"), DDIMScheduler(100), root / "datalist.json",
-                              tmp_path / "out", mask_key="test", num_inference_steps=2)
+    return root
+
+
+@pytest.mark.parametrize("objective", sorted(OBJECTIVES))
+def test_generate_images_from_real_masks_keeps_provenance_private(tmp_path, objective):
+    root = _real_masks(tmp_path)
+    summary = generate_images(tiny_generator(OBJECTIVES[objective]()), root / "datalist.json", tmp_path / "out",
+                              mask_key="test", num_inference_steps=2)
     d = json.loads((tmp_path / "out" / "datalist.json").read_text())
     assert summary["generated"] == 3 and len(d["training"]) == 3
     text = json.dumps(d)
@@ -87,5 +83,17 @@ def test_generate_images_from_real_masks_keeps_provenance_private(tmp_path):
 def test_generate_images_refuses_an_empty_datalist(tmp_path):
     (tmp_path / "d.json").write_text(json.dumps({"synthetic": []}))
     with pytest.raises(ValueError, match="no entries under 'synthetic'"):
-        generate_images(_denoiser(5, 1, mode="concat"), DDIMScheduler(10), tmp_path / "d.json", tmp_path / "o")
+        generate_images(tiny_generator(ddpm_objective()), tmp_path / "d.json", tmp_path / "o")
+    assert not (tmp_path / "o").exists()
+
+
+def test_generate_images_refuses_masks_outside_the_label_schema(tmp_path):
+    root = _real_masks(tmp_path)
+    bad = np.zeros((16, 16), np.uint8)
+    bad[2:5, 2:5] = 7
+    nib.save(nib.Nifti1Image(bad, np.eye(4)), str(root / "labels" / "p1.nii.gz"))
+    with pytest.raises(CMRDataError, match=r"p1.nii.gz: label values \[7\] are outside the schema; allowed: 0 background"):
+        generate_images(tiny_generator(ddpm_objective()), root / "datalist.json", tmp_path / "o", mask_key="test")
+    with pytest.raises(ValueError, match="unknown sampler 'plms'"):
+        generate_images(tiny_generator(ddpm_objective()), root / "datalist.json", tmp_path / "o", mask_key="test", sampler="plms")
     assert not (tmp_path / "o").exists()

@@ -13,8 +13,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from monai.networks.schedulers import DDPMScheduler
 
+from cmrsynth.generative import Generator
 from cmrsynth.metrics.privacy import (
     attack_metrics,
     cross_fitted_accuracy,
@@ -28,52 +28,34 @@ from cmrsynth.metrics.privacy import (
     release_gate,
     roc_auc,
     secmi_scores,
-    to_eps_and_x0,
     tpr_at_fpr,
 )
-
-
-class Memoriser:
-    """A denoiser that memorised a training set: its x0 estimate is the nearest training image to x_t / sqrt(abar)."""
-
-    def __init__(self, train: torch.Tensor, scheduler):
-        self.train, self.scheduler = train, scheduler
-
-    def __call__(self, x_t, t):
-        a = self.scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
-        guess = x_t / a.sqrt()
-        nearest = self.train[torch.cdist(guess.flatten(1), self.train.flatten(1)).argmin(1)]
-        eps = (x_t - a.sqrt() * nearest) / (1 - a).sqrt()
-        kind = self.scheduler.prediction_type
-        return nearest if kind == "sample" else a.sqrt() * eps - (1 - a).sqrt() * nearest if kind == "v_prediction" else eps
+from tests.generative.helpers import OBJECTIVES, TargetOracle
 
 
 def _images(n, seed):
     return torch.rand((n, 1, 16, 16), generator=torch.Generator().manual_seed(seed)) * 2 - 1
 
 
-@pytest.mark.parametrize("kind", ["epsilon", "sample", "v_prediction"])
-def test_model_outputs_convert_to_eps_and_x0(kind):
-    scheduler = DDPMScheduler(1000, prediction_type=kind)
-    x0, noise, t = _images(3, 0), _images(3, 1), torch.tensor([5, 300, 900])
-    x_t = scheduler.add_noise(x0, noise, t)
-    out = {"epsilon": noise, "sample": x0, "v_prediction": scheduler.get_velocity(x0, noise, t)}[kind]
-    eps, x0_hat = to_eps_and_x0(out, x_t, t, scheduler)
-    torch.testing.assert_close(eps, noise, atol=2e-3, rtol=0)
-    torch.testing.assert_close(x0_hat, x0, atol=2e-3, rtol=0)
+def memoriser(train: torch.Tensor, objective) -> Generator:
+    """A generator that memorised a training set: its x0 estimate is the training image nearest to x_t / alpha."""
+    def nearest(x_t, t):
+        alpha = objective.alpha_sigma(t)[0].reshape(-1, 1, 1, 1)
+        return train[torch.cdist((x_t / alpha).flatten(1), train.flatten(1)).argmin(1)]
+
+    return Generator(TargetOracle(objective, nearest), objective)
 
 
+@pytest.mark.parametrize("objective", sorted(OBJECTIVES))
 @pytest.mark.parametrize("attack", ["loss", "pia", "secmi", "midband"])
-def test_attacks_catch_a_memorising_model_and_not_an_ignorant_one(attack):
-    scheduler = DDPMScheduler(1000, prediction_type="v_prediction")
+def test_attacks_catch_a_memorising_model_and_not_an_ignorant_one(attack, objective):
+    run = {"loss": lambda m, x: loss_scores(m, x, 0.1), "pia": lambda m, x: pia_scores(m, x, 0.1),
+           "secmi": lambda m, x: secmi_scores(m, x, level=0.05, interval=0.01),
+           "midband": lambda m, x: midband_scores(m, x, 0.1)}[attack]
     members, non_members = _images(12, 0), _images(12, 1)
-    run = {"loss": lambda d, x: loss_scores(d, scheduler, x, t=100),
-           "pia": lambda d, x: pia_scores(d, scheduler, x, t=100),
-           "secmi": lambda d, x: secmi_scores(d, scheduler, x, t=50, interval=10),
-           "midband": lambda d, x: midband_scores(d, scheduler, x, t=100)}[attack]
-    memoriser = Memoriser(members, scheduler)
-    assert roc_auc(run(memoriser, members), run(memoriser, non_members)) > 0.95
-    ignorant = Memoriser(_images(12, 2), scheduler)  # memorised other people
+    memorising = memoriser(members, OBJECTIVES[objective]()).bind()
+    assert roc_auc(run(memorising, members), run(memorising, non_members)) > 0.95
+    ignorant = memoriser(_images(12, 2), OBJECTIVES[objective]()).bind()  # memorised other people
     assert abs(roc_auc(run(ignorant, members), run(ignorant, non_members)) - 0.5) < 0.3
 
 

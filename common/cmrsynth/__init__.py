@@ -12,12 +12,12 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 import importlib
 
 _SUBMODULES = (
-    "audit", "benchmark", "bundle_run", "data", "dp", "engines", "errors", "generate", "labels", "masks", "metrics", "report", "segment",
+    "audit", "benchmark", "bundle_run", "data", "dp", "engines", "errors", "generate", "generative", "labels", "masks", "metrics", "report", "segment",
     "tracking", "transforms",
 )
 

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from cmrsynth.data.atomic import write_json_atomic
 from cmrsynth.data.datalist import load_json, load_section
 from cmrsynth.errors import CMRDataError
-from cmrsynth.generate import class_labels
+from cmrsynth.generative import BoundModel, Generator
 from cmrsynth.labels import NUM_CLASSES
 from cmrsynth.metrics import privacy
 
@@ -56,28 +56,36 @@ def audit_slices(datalist: str | Path, per_patient: int | None = 6, seed: int = 
     return picked
 
 
-def _bound_denoiser(denoiser, entries: Sequence[dict], groups, phases, device):
+def _bound(generator: Generator, entries: Sequence[dict], device) -> BoundModel:
+    """The generator bound to each slice's real mask and class."""
     masks = torch.from_numpy(np.stack([e["mask"] for e in entries]).astype(np.int64))
     onehot = F.one_hot(masks, NUM_CLASSES).permute(0, 3, 1, 2).float().to(device)
-    labels = class_labels(list(entries), groups, phases, device)
-    return lambda x, t: denoiser(x, t, mask=onehot, class_labels=labels)
+    return generator.bind(onehot, generator.classes.labels(list(entries), device))
 
 
-def attack_scores(denoiser, scheduler, slices: Sequence[dict], groups=None, phases=("ED", "ES"),
-                  timesteps: Sequence[int] = (50, 100, 200, 500), batch_size: int = 32, device="cpu", seed: int = 0) -> dict:
-    """Per-slice scores of every attack (higher = more likely a member), conditioned on each slice's real mask."""
-    denoiser = denoiser.to(device).eval()
-    attacks = {f"loss_t{t}": (lambda d, x, t=t: privacy.loss_scores(d, scheduler, x, t, seed=seed)) for t in timesteps}
-    attacks.update({f"pia_t{t}": (lambda d, x, t=t: privacy.pia_scores(d, scheduler, x, t)) for t in timesteps[:2]})
-    attacks["secmi_t100"] = lambda d, x: privacy.secmi_scores(d, scheduler, x, t=100, interval=10)
-    attacks["midband_t100"] = lambda d, x: privacy.midband_scores(d, scheduler, x, 100, seed=seed)
+def level_name(level: float) -> str:
+    """Attack names state the noise level in thousandths (t500: half-way to pure noise), as DDPM timesteps of 1000."""
+    return f"t{round(1000 * level)}"
+
+
+def attack_scores(generator: Generator, slices: Sequence[dict], levels: Sequence[float] = (0.05, 0.1, 0.2, 0.5),
+                  batch_size: int = 32, device="cpu", seed: int = 0) -> dict:
+    """Per-slice scores of every attack (higher = more likely a member), conditioned on each slice's real mask.
+
+    Loss attacks run at every noise level, PIA at the first two; SecMI at level 0.1 (steps of 0.01) and the
+    mid-band attack at level 0.1, for any generator of the contract."""
+    generator = generator.to(device).eval()
+    attacks = {f"loss_{level_name(s)}": (lambda m, x, s=s: privacy.loss_scores(m, x, s, seed=seed)) for s in levels}
+    attacks.update({f"pia_{level_name(s)}": (lambda m, x, s=s: privacy.pia_scores(m, x, s)) for s in levels[:2]})
+    attacks["secmi_t100"] = lambda m, x: privacy.secmi_scores(m, x, level=0.1, interval=0.01)
+    attacks["midband_t100"] = lambda m, x: privacy.midband_scores(m, x, 0.1, seed=seed)
     scores = {name: [] for name in attacks}
     for start in range(0, len(slices), batch_size):
         chunk = slices[start:start + batch_size]
         x0 = torch.as_tensor(np.stack([e["array"] for e in chunk]), dtype=torch.float32)[:, None].to(device)
-        bound = _bound_denoiser(denoiser, chunk, groups, phases, device)
+        model = _bound(generator, chunk, device)
         for name, attack in attacks.items():
-            scores[name].extend(attack(bound, x0).tolist())
+            scores[name].extend(attack(model, x0).tolist())
     return scores
 
 
@@ -121,9 +129,10 @@ def reconstruction_attack(mask_datalist: str | Path, mask_key: str, synthetic_da
     return {"membership": table, "median_per_slice": medians, "slices": len(syn)}
 
 
-def _reconstruction(generator: dict, real_datalist: str | Path, out_dir: Path, per_patient: int | None, steps: int,
+def _reconstruction(generator: Generator, real_datalist: str | Path, out_dir: Path, per_patient: int | None,
                     batch_size: int, seed: int, device) -> dict:
-    """Draw an image from every audited slice's own mask with the generator's sampler; run the reconstruction attack."""
+    """Draw an image from every audited slice's own mask with the generator's own sampler; run the reconstruction
+    attack."""
     from cmrsynth.generate import generate_images
 
     real = Path(real_datalist)
@@ -133,9 +142,9 @@ def _reconstruction(generator: dict, real_datalist: str | Path, out_dir: Path, p
     masks = out_dir / "reconstruction_masks.json"
     write_json_atomic(masks, {"audit": chosen})
     drawn = out_dir / "reconstruction"
-    generate_images(generator["denoiser"], generator["sampler"], masks, drawn, "audit", generator["groups"], generator["phases"],
-                    steps, batch_size=batch_size, seed=seed, device=device, overwrite=True)
-    return {"ddim_steps": steps, **reconstruction_attack(masks, "audit", drawn / "datalist.json", seed)}
+    summary = generate_images(generator, masks, drawn, "audit", batch_size=batch_size, seed=seed, device=device, overwrite=True)
+    sampler = f"{summary['sampler']}-{summary['num_inference_steps']}" if summary["sampler"] != "dopri5" else "dopri5"
+    return {"sampler": sampler, "nfe": summary["nfe"], **reconstruction_attack(masks, "audit", drawn / "datalist.json", seed)}
 
 
 def leakage(synthetic_images: np.ndarray, train_images: np.ndarray, holdout_images: np.ndarray,
@@ -306,32 +315,6 @@ def release(synthetic_datalist: str | Path, real_datalist: str | Path, out_path:
     return record
 
 
-def load_generator(bundle: str | Path, run_root: str | Path, device="cpu", overrides: dict | None = None,
-                   checkpoint: str = "checkpoint_final.pt") -> dict:
-    """The audited generator built from its own bundle configs: EMA denoiser, training scheduler, DDIM sampler,
-    classes.
-
-    ``overrides`` are the config values the generator was trained with, if not its defaults (e.g. a preset).
-    ``checkpoint`` names a file in ``run_root/models``: the training checkpoint or ``best_ema.pt``.
-    """
-    from monai.bundle import ConfigParser
-
-    bundle, run_root = Path(bundle), Path(run_root)
-    ckpt = run_root / "models" / checkpoint
-    if not ckpt.is_file():
-        raise CMRDataError(ckpt, "generator checkpoint not found (train the generator bundle first)")
-    parser = ConfigParser()
-    parser.read_config([str(bundle / "configs" / f) for f in ("common.yaml", "inference.yaml")])
-    parser.update({**(overrides or {}), "bundle_root": str(run_root), "device": f"$torch.device('{device}')"})
-    ema = parser.get_parsed_content("ema")
-    state = torch.load(ckpt, map_location=device, weights_only=True)
-    ema.load_state_dict(state.get("ema", state))  # best_ema.pt holds the EMA state alone
-    groups = parser.get_parsed_content("groups") if parser.get_parsed_content("num_classes") else None
-    return {"denoiser": ema.module.eval(), "scheduler": parser.get_parsed_content("scheduler"), "groups": groups,
-            "sampler": parser.get_parsed_content("samplers#ddim"),
-            "phases": parser.get_parsed_content("phases"), "name": bundle.name, "checkpoint": str(ckpt)}
-
-
 def _nearest_figure(synthetic: np.ndarray, train: np.ndarray, distances: np.ndarray, png: Path, n: int = 6) -> None:
     """The n synthetic images closest to a training image, each above its nearest training image."""
     from cmrsynth.report import save_overlay_grid
@@ -400,7 +383,7 @@ def report_markdown(result: dict) -> str:
             lines += _leakage_lines("encoder-feature space, standardised features", result["leakage"]["feature"])
     if "reconstruction" in result:
         r = result["reconstruction"]
-        lines += ["", f"## Reconstruction attack (an image drawn from each audited slice's own mask, DDIM-{r['ddim_steps']}, "
+        lines += ["", f"## Reconstruction attack (an image drawn from each audited slice's own mask, {r['sampler']}, "
                   "compared with that slice's real image)", "",
                   "| score | ROC AUC [95 % CI] | balanced accuracy (cross-fitted) | median per slice, members / non-members |",
                   "|---|---|---|---|"]
@@ -420,21 +403,21 @@ def report_markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_audit(generator: dict, real_datalist: str | Path, out_dir: str | Path, synthetic_datalist: str | Path | None = None,
-              synthetic_key: str = "training", per_patient: int | None = 6, timesteps: Sequence[int] = (50, 100, 200, 500),
+def run_audit(generator: Generator, real_datalist: str | Path, out_dir: str | Path, synthetic_datalist: str | Path | None = None,
+              synthetic_key: str = "training", per_patient: int | None = 6, levels: Sequence[float] = (0.05, 0.1, 0.2, 0.5),
               batch_size: int = 32, seed: int = 0, device="cpu", tracking_uri: str | None = None, encoder=None,
-              reconstruction_steps: int | None = None) -> dict:
-    """Audit one generator: membership table and (with a synthetic set) leakage, in pixel space and, with an
-    ``encoder`` (``load_encoder``), in its feature space; with ``reconstruction_steps``, the reconstruction attack
-    (images drawn with that many DDIM steps from the audited slices' own masks). Writes JSON, markdown and PNGs."""
+              reconstruction: bool = True) -> dict:
+    """Audit one generator (``cmrsynth.generative.load_generator``): membership table and (with a synthetic set)
+    leakage, in pixel space and, with an ``encoder`` (``load_encoder``), in its feature space; with
+    ``reconstruction``, the reconstruction attack (images drawn with the generator's own sampler from the audited
+    slices' own masks). Writes JSON, markdown and PNGs."""
     from cmrsynth.tracking import tracked_run
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     slices = audit_slices(real_datalist, per_patient, seed)
-    scores = attack_scores(generator["denoiser"], generator["scheduler"], slices, generator["groups"], generator["phases"],
-                           timesteps, batch_size, device, seed)
-    result = {"generator": generator["name"], "checkpoint": generator["checkpoint"], "real_datalist": str(real_datalist),
+    scores = attack_scores(generator, slices, levels, batch_size, device, seed)
+    result = {"generator": generator.name, "checkpoint": generator.checkpoint, "real_datalist": str(real_datalist),
               "members": len({e["patient"] for e in slices if e["role"] == "member"}),
               "non_members": len({e["patient"] for e in slices if e["role"] == "non_member"}),
               "slices_per_patient": per_patient, "membership": membership_table(scores, slices, seed)}
@@ -450,12 +433,11 @@ def run_audit(generator: dict, real_datalist: str | Path, out_dir: str | Path, s
         png = out_dir / "closest_synthetic_vs_train.png"
         _nearest_figure(images[0], images[1], np.array(result["leakage"]["synthetic_to_train"]), png)
         result["leakage"]["figure"] = png.name
-    if reconstruction_steps:
-        result["reconstruction"] = _reconstruction(generator, real_datalist, out_dir, per_patient, reconstruction_steps,
-                                                   batch_size, seed, device)
+    if reconstruction:
+        result["reconstruction"] = _reconstruction(generator, real_datalist, out_dir, per_patient, batch_size, seed, device)
     write_json_atomic(out_dir / "audit.json", result)
     (out_dir / "audit.md").write_text(report_markdown(result))
-    with tracked_run(out_dir, "privacy_audit", generator["name"], {"per_patient": per_patient, "timesteps": list(timesteps)},
+    with tracked_run(out_dir, "privacy_audit", generator.name, {"per_patient": per_patient, "noise_levels": list(levels)},
                      tracking_uri) as run:
         run.log_metrics({f"{a}_auc": m["auc"]["value"] for a, m in result["membership"].items()})
         if "reconstruction" in result:

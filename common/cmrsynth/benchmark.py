@@ -88,29 +88,31 @@ def replace_marked(path: str | Path, name: str, text: str) -> None:
     path.write_text(head + start + "\n" + text.strip() + "\n" + end + rest.split(end, 1)[1])
 
 
-def untrained_generator(root: Path, seed: int) -> Path:
-    """A ddpm_cmr bundle root whose final checkpoint holds freshly initialised weights (the sanity generator)."""
+def untrained_generator(root: Path, seed: int, bundle: str = "ddpm_cmr") -> Path:
+    """A generator bundle root whose final checkpoint holds freshly initialised weights (the sanity generator)."""
     from monai.bundle import ConfigParser
     from monai.utils import set_determinism
 
     set_determinism(seed)
     cfg = ConfigParser()
-    cfg.read_config(str(REPO / "bundles" / "ddpm_cmr" / "configs" / "common.yaml"))
+    cfg.read_config(str(REPO / "bundles" / bundle / "configs" / "common.yaml"))
     cfg.update({"device": "$torch.device('cpu')"})
     (root / "models").mkdir(parents=True, exist_ok=True)
-    torch.save({"ema": cfg.get_parsed_content("ema").state_dict()}, root / "models" / "checkpoint_final.pt")
+    torch.save({"ema": cfg.get_parsed_content("ema").state_dict(), "card": cfg.get_parsed_content("generator").card.state_dict()},
+               root / "models" / "checkpoint_final.pt")
     return root
 
 
-def draw_images(generator_root: Path, masks: Path, key: str, out: Path, seed: int, threads: int) -> Path:
-    """ddpm_cmr images (its inference.yaml, DDIM-50) for the masks of a datalist section; returns the synthetic
-    datalist. Skipped when ``out`` already holds one."""
+def draw_images(generator_root: Path, masks: Path, key: str, out: Path, seed: int, threads: int, bundle: str = "ddpm_cmr",
+                overrides: dict | None = None) -> Path:
+    """A generator bundle's images (its inference.yaml and default sampler unless ``overrides`` say otherwise) for
+    the masks of a datalist section; returns the synthetic datalist. Skipped when ``out`` already holds one."""
     from cmrsynth.bundle_run import run_bundle
 
     if not (out / "datalist.json").is_file():
         out.parent.mkdir(parents=True, exist_ok=True)
-        run_bundle(REPO / "bundles" / "ddpm_cmr", ["common.yaml", "inference.yaml"], generator_root,
-                   {"mask_datalist": str(masks), "mask_key": key, "output_dir": str(out), "seed": seed},
+        run_bundle(REPO / "bundles" / bundle, ["common.yaml", "inference.yaml"], generator_root,
+                   {"mask_datalist": str(masks), "mask_key": key, "output_dir": str(out), "seed": seed, **(overrides or {})},
                    log=out.parent / f"{out.name}.log", env={"OMP_NUM_THREADS": str(threads)})
     return out / "datalist.json"
 

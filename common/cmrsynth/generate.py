@@ -30,27 +30,11 @@ import torch.nn.functional as F
 
 from cmrsynth.data.atomic import atomic_directory, write_json_atomic
 from cmrsynth.data.nifti import save_slice
-from cmrsynth.engines import sample_diffusion
-from cmrsynth.labels import CHANNEL_DEF, NUM_CLASSES
+from cmrsynth.errors import CMRDataError
+from cmrsynth.generative import Generator
+from cmrsynth.labels import CHANNEL_DEF, NUM_CLASSES, unknown_label_values
 from cmrsynth.masks import plausibility, postprocess_mask, shape_stats
 from cmrsynth.report import save_overlay_grid
-
-
-def class_plan(groups: list[str], phases: list[str], per_class: int) -> list[tuple[str | None, str | None, int]]:
-    """(group, phase, class index) for ``per_class`` samples of every class; one unconditional class without groups."""
-    if not groups:
-        return [(None, None, 0)] * per_class
-    return [(g, p, gi * len(phases) + pi) for gi, g in enumerate(groups) for pi, p in enumerate(phases)] * per_class
-
-
-def class_labels(entries: list[dict], groups: list[str] | None, phases, device="cpu") -> torch.Tensor | None:
-    """Class index of each entry's (group, phase); the null class for unknown ones; None without groups."""
-    if not groups:
-        return None
-    null_class = len(groups) * len(phases)
-    cls = [groups.index(e.get("group")) * len(phases) + list(phases).index(e.get("phase"))
-           if e.get("group") in groups and e.get("phase") in phases else null_class for e in entries]
-    return torch.tensor(cls, device=device)
 
 
 def _batches(n: int, size: int):
@@ -58,42 +42,46 @@ def _batches(n: int, size: int):
         yield slice(start, min(start + size, n))
 
 
+def _sampling_summary(generator: Generator, sampler, steps, guidance_scale, nfe: list[int], seconds: float, n: int) -> dict:
+    return {"sampler": sampler or generator.sampler,
+            "num_inference_steps": generator.num_inference_steps if steps is None else steps,
+            "guidance_scale": generator.guidance_scale if guidance_scale is None else guidance_scale,
+            "nfe": max(nfe) if nfe else 0, "seconds_per_sample": seconds / max(n, 1)}
+
+
 def generate_masks(
-    denoiser: torch.nn.Module,
-    scheduler,
+    generator: Generator,
     out_dir: str | Path,
-    groups: list[str],
-    phases: list[str] = ("ED", "ES"),
     per_class: int = 8,
-    size: int = 64,
     spacing: float = 2.5,
-    num_inference_steps: int | None = 50,
-    guidance_scale: float = 1.0,
+    sampler: str | None = None,
+    num_inference_steps: int | None = None,
+    guidance_scale: float | None = None,
     keep_implausible: bool = False,
     batch_size: int = 32,
     seed: int = 0,
     device: str | torch.device = "cpu",
     overwrite: bool = False,
 ) -> dict:
-    """Sample masks per (group, phase), clean them, check plausibility, write label NIfTIs and a datalist.
+    """Sample masks per (group, phase) of the generator's classes, clean them, check plausibility, write label
+    NIfTIs and a datalist. Sampler, steps and guidance default to the generator's own.
 
     Returns:
-        summary with counts, plausibility rate (before dropping) and seconds per mask.
+        summary with counts, plausibility rate (before dropping), sampler, NFE and seconds per mask.
     """
-    plan = class_plan(list(groups), list(phases), per_class)
-    null_class = len(groups) * len(phases) if groups else None
-    generator = torch.Generator().manual_seed(seed)
-    denoiser = denoiser.to(device).eval()
+    plan = generator.classes.plan(per_class)
+    rng = torch.Generator().manual_seed(seed)
+    generator = generator.to(device).eval()
     t0 = time.perf_counter()
-    masks = []
+    masks, nfe = [], []
     for sl in _batches(len(plan), batch_size):
         chunk = plan[sl]
-        noise = torch.randn((len(chunk), NUM_CLASSES, size, size), generator=generator).to(device)
-        labels = torch.tensor([c for _, _, c in chunk], device=device) if groups else None
-        x = sample_diffusion(denoiser, scheduler, noise, num_inference_steps, class_labels=labels,
-                             guidance_scale=guidance_scale, null_class=null_class, generator=generator)
+        labels = torch.tensor([c for _, _, c in chunk], device=device) if generator.classes.groups else None
+        x, used = generator.sample(len(chunk), class_labels=labels, sampler=sampler, num_inference_steps=num_inference_steps,
+                                   guidance_scale=guidance_scale, generator=rng)
         masks.extend(x.argmax(1).to(torch.uint8).cpu().numpy())
-    seconds = time.perf_counter() - t0
+        nfe.append(used)
+    sampling = _sampling_summary(generator, sampler, num_inference_steps, guidance_scale, nfe, time.perf_counter() - t0, len(plan))
     entries, checks, failed = [], [], Counter()
     with atomic_directory(out_dir, overwrite=overwrite) as tmp:
         (tmp / "labels").mkdir()
@@ -111,8 +99,7 @@ def generate_masks(
         summary = {
             "generated": len(plan), "written": len(entries), "plausibility_rate": float(np.mean(checks)),
             "failed_checks": dict(failed), "implausible_kept": keep_implausible,
-            "seconds_per_mask": seconds / len(plan), "num_inference_steps": num_inference_steps,
-            "guidance_scale": guidance_scale,
+            "seconds_per_mask": sampling.pop("seconds_per_sample"), **sampling,
         }
         write_json_atomic(tmp / "datalist.json", {"description": "cmr-synth synthetic masks", "labels": CHANNEL_DEF,
                                                  "synthetic": entries, "summary": summary})
@@ -132,16 +119,31 @@ def _load_masks(datalist: str | Path, key: str) -> tuple[list[dict], Path]:
     return entries, path.parent
 
 
+def read_masks(root: Path, entries: list[dict]) -> list[np.ndarray]:
+    """The integer masks of datalist entries; a missing file or a value outside the label schema is one
+    ``CMRDataError`` naming the file."""
+    masks = []
+    for e in entries:
+        path = root / e["label"]
+        if not path.is_file():
+            raise CMRDataError(path, "mask file not found")
+        mask = np.asanyarray(nib.load(path).dataobj)
+        bad = unknown_label_values(mask)
+        if bad:
+            raise CMRDataError(path, f"label values {bad} are outside the schema; allowed: 0 background, 1 RV cavity, "
+                                     "2 myocardium, 3 LV cavity (convert other conventions with cmrsynth.labels)")
+        masks.append(mask.astype(np.int64))
+    return masks
+
+
 def generate_images(
-    denoiser: torch.nn.Module,
-    scheduler,
+    generator: Generator,
     mask_datalist: str | Path,
     out_dir: str | Path,
     mask_key: str = "synthetic",
-    groups: list[str] | None = None,
-    phases: list[str] = ("ED", "ES"),
-    num_inference_steps: int | None = 50,
-    guidance_scale: float = 1.0,
+    sampler: str | None = None,
+    num_inference_steps: int | None = None,
+    guidance_scale: float | None = None,
     max_images: int | None = None,
     batch_size: int = 32,
     seed: int = 0,
@@ -151,35 +153,34 @@ def generate_images(
     """Generate one image per mask of a datalist; write image + label NIfTI pairs, a datalist and a grid.
 
     Args:
+        generator: a mask-conditioned ``Generator`` (its classes decide the class conditioning).
         mask_datalist: a datalist whose entries under ``mask_key`` have a ``label`` (mask_generator output,
             or a prepared real datalist with ``mask_key="test"``).
-        groups: class-embedding groups (None or empty: no class conditioning).
+        sampler, num_inference_steps, guidance_scale: override the generator's defaults.
 
     Returns:
-        summary with counts and seconds per image.
+        summary with counts, sampler, NFE and seconds per image.
     """
+    generator.check_sampler(sampler or generator.sampler)
     entries, root = _load_masks(mask_datalist, mask_key)
     entries = entries[:max_images] if max_images else entries
     if any(e.get("role") == "member" for e in entries):
         logging.getLogger(__name__).warning(
             f"{mask_datalist} [{mask_key}]: drawing from training patients' own masks; such images carry those patients' "
             "appearance (privacy_audit's reconstruction attack) and its release gate removes them")
-    groups = list(groups or [])
-    null_class = len(groups) * len(phases) if groups else None
-    generator = torch.Generator().manual_seed(seed)
-    denoiser = denoiser.to(device).eval()
-    masks = [np.asanyarray(nib.load(root / e["label"]).dataobj).astype(np.int64) for e in entries]
+    masks = read_masks(root, entries)
+    rng = torch.Generator().manual_seed(seed)
+    generator = generator.to(device).eval()
     t0 = time.perf_counter()
-    images = []
+    images, nfe = [], []
     for sl in _batches(len(entries), batch_size):
         m = torch.from_numpy(np.stack(masks[sl]))
         onehot = F.one_hot(m, NUM_CLASSES).permute(0, 3, 1, 2).float().to(device)
-        noise = torch.randn((m.shape[0], 1, *m.shape[1:]), generator=generator).to(device)
-        labels = class_labels(entries[sl], groups, phases, device)
-        x = sample_diffusion(denoiser, scheduler, noise, num_inference_steps, mask=onehot, class_labels=labels,
-                             guidance_scale=guidance_scale, null_class=null_class, generator=generator)
+        x, used = generator.sample(mask=onehot, class_labels=generator.classes.labels(entries[sl], device), sampler=sampler,
+                                   num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, generator=rng)
         images.extend(x[:, 0].clamp(-1, 1).cpu().numpy())
-    seconds = time.perf_counter() - t0
+        nfe.append(used)
+    sampling = _sampling_summary(generator, sampler, num_inference_steps, guidance_scale, nfe, time.perf_counter() - t0, len(entries))
     out_entries, provenance = [], {}
     with atomic_directory(out_dir, overwrite=overwrite) as tmp:
         (tmp / "images").mkdir()
@@ -193,8 +194,7 @@ def generate_images(
                                 "group": e.get("group"), "phase": e.get("phase"), "spacing": list(spacing)})
             provenance[sid] = {"mask_datalist": str(Path(mask_datalist).absolute()), "mask_key": mask_key, "index": i,
                                "source_label": str((root / e["label"]).absolute())}
-        summary = {"generated": len(out_entries), "seconds_per_image": seconds / len(out_entries),
-                   "num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale}
+        summary = {"generated": len(out_entries), "seconds_per_image": sampling.pop("seconds_per_sample"), **sampling}
         write_json_atomic(tmp / "datalist.json", {"description": "cmr-synth synthetic images with their masks",
                                                  "labels": CHANNEL_DEF, "training": out_entries, "summary": summary})
         write_json_atomic(tmp / "provenance.json", provenance)  # private: links to source masks, never released

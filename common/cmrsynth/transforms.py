@@ -202,11 +202,10 @@ def labelled_slices(label: np.ndarray, n_central: int | None = None) -> list[int
 
 
 class ClassIndexd(MapTransform):
-    """Map a slice's (group, phase) to an integer class for the class embedding.
+    """Map a slice's (group, phase) to the class of ``cmrsynth.generative.ClassIndex`` for the class embedding.
 
-    Class = group_index * len(phases) + phase_index; an unknown or missing group or phase gets
-    ``null_class`` = len(groups) * len(phases), the classifier-free "no condition" class. With no groups the
-    class is built from the phase alone.
+    An unknown or missing group or phase gets the null class; with no groups (no class embedding) every slice
+    gets 0, which no network reads.
 
     Args:
         groups: pathology groups in embedding order, e.g. ["NOR", "DCM", "HCM", "MINF", "RV"].
@@ -215,16 +214,13 @@ class ClassIndexd(MapTransform):
     """
 
     def __init__(self, groups: list[str] | tuple[str, ...], phases=("ED", "ES"), output_key: str = "class"):
+        from cmrsynth.generative.conditioning import ClassIndex
+
         super().__init__(("group", "phase"), allow_missing_keys=True)
-        self.groups, self.phases, self.output_key = list(groups) or [None], list(phases), output_key
-        self.null_class = len(self.groups) * len(self.phases)
+        self.classes, self.output_key = ClassIndex(groups, phases), output_key
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
-        group = d.get("group") if self.groups != [None] else None
-        phase = d.get("phase")
-        if group in self.groups and phase in self.phases:
-            d[self.output_key] = self.groups.index(group) * len(self.phases) + self.phases.index(phase)
-        else:
-            d[self.output_key] = self.null_class
+        index = self.classes.index(d.get("group"), d.get("phase"))
+        d[self.output_key] = 0 if index is None else index
         return d

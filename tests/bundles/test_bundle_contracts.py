@@ -21,7 +21,7 @@ from monai.bundle import ConfigParser
 from cmrsynth.labels import CHANNEL_DEF
 from tests.conftest import REPO
 
-BUNDLES = ["mask_generator", "ddpm_cmr"]
+BUNDLES = ["mask_generator", "ddpm_cmr", "fm_cmr"]
 REQUIRED = ("version", "changelog", "monai_version", "pytorch_version", "required_packages_version", "name", "task",
             "description", "authors", "copyright", "data_source", "intended_use", "references", "network_data_format")
 
@@ -85,3 +85,36 @@ def test_best_checkpoint_keeps_the_best_validation_score(bundle):
     assert savers, f"{bundle}: no best-metric checkpoint"
     for saver in savers:
         assert bool(saver.get("key_metric_negative_sign", False)) == lower_is_better, saver
+
+
+@pytest.mark.parametrize("name", ["multi_gpu_train.yaml", "reference.yaml", "logging.conf"])
+def test_generator_bundles_share_their_common_configs(name):
+    """Zoo bundles are self-contained, so these files are copies: they must stay byte-identical."""
+    texts = {b: (REPO / "bundles" / b / "configs" / name).read_text() for b in BUNDLES}
+    assert len(set(texts.values())) == 1, f"{name} differs between {sorted(texts)}"
+
+
+@pytest.mark.parametrize("name", ["train.yaml", "inference.yaml"])
+def test_image_generators_differ_only_in_their_objective(name):
+    """ddpm_cmr and fm_cmr share training and inference configs byte for byte, and every common.yaml key but the
+    objective's and its sampling defaults."""
+    ddpm, fm = ((REPO / "bundles" / b / "configs" / name).read_text() for b in ("ddpm_cmr", "fm_cmr"))
+    assert ddpm == fm
+    common = {b: ConfigParser.load_config_file(str(REPO / "bundles" / b / "configs" / "common.yaml")) for b in ("ddpm_cmr", "fm_cmr")}
+    objective_keys = {"objective", "scheduler", "num_train_timesteps", "prediction_type", "sigma", "coupling", "sampler",
+                      "num_inference_steps", "experiment_name", "generator"}
+    for key in (set(common["ddpm_cmr"]) | set(common["fm_cmr"])) - objective_keys:
+        assert common["ddpm_cmr"].get(key) == common["fm_cmr"].get(key), f"common.yaml key {key!r} differs"
+    strip = lambda g: {k: v for k, v in g.items() if k != "name"}  # noqa: E731
+    assert strip(common["ddpm_cmr"]["generator"]) == strip(common["fm_cmr"]["generator"])
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_every_generator_bundle_defines_the_contract(bundle):
+    from cmrsynth.generative import Generator
+
+    parser = _parser(bundle, "inference.yaml")
+    parser["device"] = "$torch.device('cpu')"
+    generator = parser.get_parsed_content("generator")
+    assert isinstance(generator, Generator) and generator.name == bundle
+    generator.check_sampler(generator.sampler)

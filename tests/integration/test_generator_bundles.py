@@ -28,7 +28,7 @@ from cmrsynth.data.prepare import PrepareConfig, prepare_cohort
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.integration
-MASKS, IMAGES = REPO / "bundles" / "mask_generator", REPO / "bundles" / "ddpm_cmr"
+MASKS, IMAGES, FLOW = REPO / "bundles" / "mask_generator", REPO / "bundles" / "ddpm_cmr", REPO / "bundles" / "fm_cmr"
 AUDIT = REPO / "bundles" / "privacy_audit"
 TINY = {"image_size": 32, "channels": [8, 16], "attention_levels": [False, True], "norm_num_groups": 8,
         "num_head_channels": 8, "batch_size": 8, "epoch_length": 3, "val_interval": 1}
@@ -69,17 +69,19 @@ def test_masks_then_images_chain(prepared, tmp_path):
     _check_privacy_audit(prepared, dd, out / "datalist.json")
 
 
-def _check_privacy_audit(prepared, generator_root, synthetic):
-    """privacy_audit runs on the trained ddpm_cmr: attack table, leakage, report; the release gate writes its record."""
+def _check_privacy_audit(prepared, generator_root, synthetic, bundle=IMAGES):
+    """privacy_audit runs on a trained generator bundle: attack table, leakage, report; the release gate writes its
+    record. Only the generator's bundle and root change between generators."""
     audit = generator_root / "audit"
     run_bundle(AUDIT, ["audit.yaml"], audit, {
-        "generator_bundle": str(IMAGES), "generator_root": str(generator_root), "real_datalist": str(prepared / "datalist.json"),
-        "synthetic_datalist": str(synthetic), "generator_overrides": _tiny(class_conditional=True), "timesteps": [50, 100],
+        "generator_bundle": str(bundle), "generator_root": str(generator_root), "real_datalist": str(prepared / "datalist.json"),
+        "synthetic_datalist": str(synthetic), "generator_overrides": _tiny(class_conditional=True), "noise_levels": [0.05, 0.1],
         "slices_per_patient": 2})
     result = json.loads((audit / "eval" / "audit" / "audit.json").read_text())
+    n = len(json.loads(synthetic.read_text())["training"])
     assert result["members"] == 3 and result["non_members"] == 2
     assert {"loss_t50", "pia_t50", "secmi_t100", "midband_t100"} <= set(result["membership"])
-    assert result["leakage"]["pixel"]["synthetic"] == 10
+    assert result["leakage"]["pixel"]["synthetic"] == n
     assert result["planted_copy_check"]["pixel"]["sensitivity"]["exact"] == 1.0  # training slices planted as they are
     assert result["reconstruction"]["slices"] == 10 and {"neg_rms", "ssim"} <= set(result["reconstruction"]["membership"])
     report = (audit / "eval" / "audit" / "audit.md").read_text()
@@ -87,15 +89,48 @@ def _check_privacy_audit(prepared, generator_root, synthetic):
     assert (audit / "eval" / "audit" / "closest_synthetic_vs_train.png").is_file()
     run_bundle(AUDIT, ["release.yaml"], audit, {"real_datalist": str(prepared / "datalist.json"), "synthetic_datalist": str(synthetic)})
     record = json.loads((synthetic.parent / "datalist_released_release_record.json").read_text())
-    assert record["kept"] + len(record["removed"]) == 10
+    assert record["kept"] + len(record["removed"]) == n
 
 
 def test_images_for_real_masks_with_ddpm_and_spade(prepared, tmp_path):
     run_bundle(IMAGES, TRAIN, tmp_path, _tiny(dataset_dir=str(prepared), max_epochs=1, mask_mode="spade"))
     run_bundle(IMAGES, INFER, tmp_path, _tiny(mask_mode="spade", mask_datalist=str(prepared / "datalist.json"),
-                                              mask_key="test", sampler="ddpm", max_images=2, num_train_timesteps=1000))
+                                              mask_key="test", sampler="ddpm", max_images=2, num_inference_steps=1000))
     d = json.loads((tmp_path / "eval" / "images" / "datalist.json").read_text())
-    assert d["summary"]["generated"] == 2 and d["summary"]["num_inference_steps"] is None  # full DDPM
+    assert d["summary"]["generated"] == 2 and d["summary"]["sampler"] == "ddpm" and d["summary"]["nfe"] == 1000  # full DDPM
+
+
+def test_fm_cmr_train_infer_audit(prepared, tmp_path):
+    """fm_cmr through the bundle CLI as users run it: train (exact-OT coupling, classes with guidance dropout,
+    MLflow), draw images for real masks with two samplers, then the unchanged privacy audit."""
+    from mlflow.tracking import MlflowClient
+
+    fm = tmp_path / "fm"
+    run_bundle(FLOW, TRAIN, fm, _tiny(dataset_dir=str(prepared), max_epochs=2, class_conditional=True, condition_dropout=0.2,
+                                      coupling="exact_ot"), extra_args=["--tracking", "mlflow"], env={"MLFLOW_TRACKING_URI": ""})
+    state = torch.load(fm / "models" / "checkpoint_final.pt", weights_only=False)
+    assert state["card"]["objective"] == "flow_matching" and trainer_progress(fm / "models" / "checkpoint_final.pt")["epoch"] == 2
+    [exp] = [e for e in MlflowClient(f"sqlite:///{fm / 'eval' / 'mlflow.db'}").search_experiments() if e.name == "fm_cmr"]
+    summaries = {}
+    for sampler, steps in (("midpoint", 2), ("dopri5", None)):
+        out = fm / "eval" / sampler
+        run_bundle(FLOW, INFER, fm, _tiny(mask_datalist=str(prepared / "datalist.json"), mask_key="test", output_dir=str(out),
+                                          class_conditional=True, guidance_scale=2.0, sampler=sampler, num_inference_steps=steps))
+        summaries[sampler] = json.loads((out / "datalist.json").read_text())["summary"]
+        assert (out / "provenance.json").is_file() and "patient" not in json.dumps(summaries[sampler])
+    assert summaries["midpoint"]["nfe"] == 4 and summaries["dopri5"]["nfe"] > 4
+    _check_privacy_audit(prepared, fm, fm / "eval" / "midpoint" / "datalist.json", bundle=FLOW)
+
+
+def test_a_generator_refuses_a_checkpoint_of_another_bundle(prepared, tmp_path):
+    from cmrsynth.errors import CMRDataError
+    from cmrsynth.generative import load_generator
+
+    run_bundle(IMAGES, TRAIN, tmp_path, _tiny(dataset_dir=str(prepared), max_epochs=1))
+    overrides = {k: v for k, v in TINY.items() if k in ("channels", "attention_levels", "num_head_channels")}
+    assert load_generator(IMAGES, tmp_path, overrides=overrides).objective.name == "ddpm"
+    with pytest.raises(CMRDataError, match=r"checkpoint_final.pt: checkpoint was written for another generator \(objective: 'ddpm'"):
+        load_generator(FLOW, tmp_path, overrides=overrides)
 
 
 def test_training_is_tracked_in_mlflow(prepared, tmp_path, monkeypatch):
@@ -137,7 +172,7 @@ def test_killed_training_resumes_from_its_last_checkpoint(prepared, tmp_path):
     assert "Epoch: 1/12" not in log.read_text(), "the rerun started over"
     assert f"Epoch: {killed_at + 1}/12" in log.read_text()
     state = torch.load(tmp_path / "models" / "checkpoint_final.pt", weights_only=False)
-    assert set(state) == {"network", "ema", "optimizer", "trainer"}
+    assert set(state) == {"network", "ema", "optimizer", "card", "trainer"}
 
 
 def test_two_process_ddp_training_with_torchrun(prepared, tmp_path):

@@ -81,16 +81,10 @@ def test_train_evaluate_segment_export(prepared, tmp_path):
 
 def _check_fidelity(real: str, root):
     """fidelity.yaml scores an (untrained) generator's images of the real test masks far worse than the real images."""
-    from monai.networks.nets import DiffusionModelUNet
-    from monai.networks.schedulers import DDIMScheduler
-
-    from cmrsynth.engines import ConditionalDenoiser
     from cmrsynth.generate import generate_images
+    from tests.generative.helpers import ddpm_objective, tiny_generator
 
-    torch.manual_seed(0)
-    untrained = ConditionalDenoiser(DiffusionModelUNet(2, 5, 1, channels=(8, 8), attention_levels=(False, False),
-                                                       num_res_blocks=1, norm_num_groups=8))
-    generate_images(untrained, DDIMScheduler(1000), real, root / "untrained", mask_key="test", num_inference_steps=2)
+    generate_images(tiny_generator(ddpm_objective()), real, root / "untrained", mask_key="test", num_inference_steps=2)
     scores = {}
     for name, synthetic, key in (("untrained", root / "untrained" / "datalist.json", "training"), ("real", real, "test")):
         run_bundle(BUNDLE, ["common.yaml", "fidelity.yaml"], root,

@@ -10,12 +10,15 @@
 # limitations under the License.
 """Privacy metrics: white-box membership inference against diffusion generators, and sample-level leakage.
 
-Membership inference (scores are "higher = more likely a member", one per slice, averaged per patient):
-- ``loss_scores``: the denoising loss at a timestep (Matsumoto et al. 2023; Carlini et al. 2023).
-- ``pia_scores``: PIA, proximal initialisation (Kong et al., ICLR 2024): the model's own eps at t = 0 is the
-  noise, and the error of its prediction at t against that eps is the statistic.
-- ``secmi_scores``: SecMI-style step error (Duan et al., ICML 2023): deterministic DDIM inversion to t, one
-  step forward and back, and the distance between where it started and where it lands.
+Membership inference against any generator of the contract (``cmrsynth.generative``): each attack receives the
+generator bound to the audited slices' conditions (``Generator.bind``) and states its times as noise levels in
+[0, 1] (0 clean, 1 pure noise), which every objective maps to its own time. Scores are "higher = more likely a
+member", one per slice, averaged per patient:
+- ``loss_scores``: the training loss at a noise level (Matsumoto et al. 2023; Carlini et al. 2023).
+- ``pia_scores``: PIA, proximal initialisation (Kong et al., ICLR 2024): the model's own noise estimate at level 0
+  is the noise, and the error of its estimate at the level against that noise is the statistic.
+- ``secmi_scores``: SecMI-style step error (Duan et al., ICML 2023): deterministic (DDIM) inversion to the level,
+  one step forward and back, and the distance between where it started and where it lands.
 - ``midband_scores``: the denoising error of the predicted x0 restricted to a mid band of spatial
   frequencies, where memorised detail lives and anatomy-wide contrast does not dominate.
 
@@ -31,84 +34,54 @@ Leakage: ``nearest_distances`` / ``leakage_report`` compare synthetic→train wi
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
 
-#: a denoiser call: (x_t, t) -> model output, conditions bound in (e.g. a lambda over ConditionalDenoiser).
-Denoise = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+from cmrsynth.generative import BoundModel
 
 
-def _abar(scheduler, t: torch.Tensor) -> torch.Tensor:
-    return scheduler.alphas_cumprod.to(t.device)[t].view(-1, 1, 1, 1)
-
-
-def to_eps_and_x0(output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, scheduler) -> tuple[torch.Tensor, torch.Tensor]:
-    """The (eps, x0) a model output implies under the scheduler's ``prediction_type``."""
-    a = _abar(scheduler, t)
-    kind = scheduler.prediction_type
-    if kind == "epsilon":
-        eps = output
-        x0 = (x_t - (1 - a).sqrt() * eps) / a.sqrt()
-    elif kind == "sample":
-        x0 = output
-        eps = (x_t - a.sqrt() * x0) / (1 - a).sqrt()
-    elif kind == "v_prediction":
-        x0 = a.sqrt() * x_t - (1 - a).sqrt() * output
-        eps = a.sqrt() * output + (1 - a).sqrt() * x_t
-    else:
-        raise ValueError(f"unknown prediction_type {kind!r}")
-    return eps, x0
-
-
-def _timesteps(n: int, t: int, device) -> torch.Tensor:
-    return torch.full((n,), int(t), dtype=torch.long, device=device)
+def _noise_like(z: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    return torch.randn(z.shape, generator=g).to(z.device)
 
 
 @torch.no_grad()
-def loss_scores(denoise: Denoise, scheduler, x0: torch.Tensor, t: int, draws: int = 4, seed: int = 0) -> np.ndarray:
-    """Minus the mean squared eps error at timestep ``t`` over ``draws`` noise draws, per sample."""
+def loss_scores(model: BoundModel, x0: torch.Tensor, level: float, draws: int = 4, seed: int = 0) -> np.ndarray:
+    """Minus the model's training loss at noise level ``level``, averaged over ``draws`` noise draws, per sample."""
     g = torch.Generator().manual_seed(seed)
-    tt = _timesteps(len(x0), t, x0.device)
-    errors = []
-    for _ in range(draws):
-        noise = torch.randn(x0.shape, generator=g).to(x0.device)
-        x_t = scheduler.add_noise(original_samples=x0, noise=noise, timesteps=tt)
-        eps, _ = to_eps_and_x0(denoise(x_t, tt), x_t, tt, scheduler)
-        errors.append(((eps - noise) ** 2).flatten(1).mean(1))
-    return -torch.stack(errors).mean(0).cpu().numpy()
+    z0 = model.encode(x0)
+    t = model.time_at_level(level, len(z0), z0.device)
+    return -torch.stack([model.loss(z0, t, _noise_like(z0, g)) for _ in range(draws)]).mean(0).cpu().numpy()
 
 
 @torch.no_grad()
-def pia_scores(denoise: Denoise, scheduler, x0: torch.Tensor, t: int) -> np.ndarray:
-    """PIA: eps0 = eps_theta(x0, 0); x_t = sqrt(abar) x0 + sqrt(1 - abar) eps0; minus |eps_theta(x_t, t) - eps0|."""
-    t0 = _timesteps(len(x0), 0, x0.device)
-    eps0, _ = to_eps_and_x0(denoise(x0, t0), x0, t0, scheduler)
-    tt = _timesteps(len(x0), t, x0.device)
-    a = _abar(scheduler, tt)
-    x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps0
-    eps, _ = to_eps_and_x0(denoise(x_t, tt), x_t, tt, scheduler)
+def pia_scores(model: BoundModel, x0: torch.Tensor, level: float) -> np.ndarray:
+    """PIA: eps0 = the model's noise estimate at level 0; x_t = the path at ``level`` with eps0; minus the mean
+    absolute difference between the noise estimate at x_t and eps0."""
+    z0 = model.encode(x0)
+    eps0, _ = model.predict(z0, model.time_at_level(0.0, len(z0), z0.device))
+    t = model.time_at_level(level, len(z0), z0.device)
+    eps, _ = model.predict(model.add_noise(z0, eps0, t), t)
     return -((eps - eps0).abs()).flatten(1).mean(1).cpu().numpy()
 
 
-def _ddim_move(denoise: Denoise, scheduler, x: torch.Tensor, t_from: int, t_to: int) -> torch.Tensor:
-    """One deterministic DDIM step from t_from to t_to (either direction) using the model's eps."""
-    tf = _timesteps(len(x), t_from, x.device)
-    eps, x0 = to_eps_and_x0(denoise(x, tf), x, tf, scheduler)
-    a_to = _abar(scheduler, _timesteps(len(x), t_to, x.device))
-    return a_to.sqrt() * x0 + (1 - a_to).sqrt() * eps
+def _deterministic_move(model: BoundModel, z: torch.Tensor, level_from: float, level_to: float) -> torch.Tensor:
+    """One deterministic (DDIM) step from one noise level to another, either direction, with the model's estimates."""
+    eps, z0 = model.predict(z, model.time_at_level(level_from, len(z), z.device))
+    return model.add_noise(z0, eps, model.time_at_level(level_to, len(z), z.device))
 
 
 @torch.no_grad()
-def secmi_scores(denoise: Denoise, scheduler, x0: torch.Tensor, t: int = 100, interval: int = 10) -> np.ndarray:
-    """SecMI t-error: invert x0 deterministically to x_t, step to t + interval and back; minus the distance."""
-    x = x0
-    for t_from in range(0, t, interval):
-        x = _ddim_move(denoise, scheduler, x, t_from, min(t_from + interval, t))
-    forward = _ddim_move(denoise, scheduler, x, t, t + interval)
-    back = _ddim_move(denoise, scheduler, forward, t + interval, t)
-    return -((back - x) ** 2).flatten(1).mean(1).cpu().numpy()
+def secmi_scores(model: BoundModel, x0: torch.Tensor, level: float = 0.1, interval: float = 0.01) -> np.ndarray:
+    """SecMI t-error: invert x0 deterministically to ``level``, step to level + interval and back; minus the
+    distance between where it started and where it lands."""
+    z = model.encode(x0)
+    for k in range(round(level / interval)):
+        z = _deterministic_move(model, z, k * interval, min((k + 1) * interval, level))
+    forward = _deterministic_move(model, z, level, level + interval)
+    back = _deterministic_move(model, forward, level + interval, level)
+    return -((back - z) ** 2).flatten(1).mean(1).cpu().numpy()
 
 
 def band_mask(size: int, low: float = 0.1, high: float = 0.35) -> torch.Tensor:
@@ -119,19 +92,17 @@ def band_mask(size: int, low: float = 0.1, high: float = 0.35) -> torch.Tensor:
 
 
 @torch.no_grad()
-def midband_scores(denoise: Denoise, scheduler, x0: torch.Tensor, t: int, draws: int = 4, seed: int = 0,
+def midband_scores(model: BoundModel, x0: torch.Tensor, level: float, draws: int = 4, seed: int = 0,
                    band: tuple[float, float] = (0.1, 0.35)) -> np.ndarray:
-    """Minus the mid-band energy of the x0 reconstruction error at timestep ``t``."""
+    """Minus the mid-band energy of the clean-sample reconstruction error at noise level ``level``."""
     g = torch.Generator().manual_seed(seed)
-    tt = _timesteps(len(x0), t, x0.device)
-    mask = band_mask(x0.shape[-1], *band).to(x0.device)
+    z0 = model.encode(x0)
+    t = model.time_at_level(level, len(z0), z0.device)
+    mask = band_mask(z0.shape[-1], *band).to(z0.device)
     errors = []
     for _ in range(draws):
-        noise = torch.randn(x0.shape, generator=g).to(x0.device)
-        x_t = scheduler.add_noise(original_samples=x0, noise=noise, timesteps=tt)
-        _, x0_hat = to_eps_and_x0(denoise(x_t, tt), x_t, tt, scheduler)
-        spectrum = torch.fft.fft2(x0_hat - x0)
-        errors.append((spectrum.abs() ** 2 * mask).flatten(1).mean(1))
+        _, z0_hat = model.predict(model.add_noise(z0, _noise_like(z0, g), t), t)
+        errors.append((torch.fft.fft2(z0_hat - z0).abs() ** 2 * mask).flatten(1).mean(1))
     return -torch.stack(errors).mean(0).cpu().numpy()
 
 
@@ -144,7 +115,10 @@ def per_patient(scores: Sequence[float], patients: Sequence[str]) -> dict[str, f
 
 
 def roc_auc(members: np.ndarray, non_members: np.ndarray) -> float:
-    """P(score of a random member > score of a random non-member), ties counting half (Mann-Whitney)."""
+    """P(score of a random member > score of a random non-member), ties counting half (Mann-Whitney).
+
+    The same value as ``monai.metrics.compute_roc_auc``, kept as one numpy line because the bootstrap calls it a
+    thousand times per attack on index resamples, where building label tensors would dominate."""
     m, n = np.asarray(members, float)[:, None], np.asarray(non_members, float)[None, :]
     return float((m > n).mean() + 0.5 * (m == n).mean())
 

@@ -1,0 +1,131 @@
+# Copyright (c) cmr-synth contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""Conditioning: the mask-conditioned network behind one signature, the (group, phase) class index, and
+classifier-free guidance."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from enum import Enum
+
+import torch
+import torch.nn as nn
+from monai.networks.nets import SPADEDiffusionModelUNet
+
+
+class MaskMode(str, Enum):
+    """How the one-hot mask reaches the network."""
+
+    CONCAT = "concat"  # concatenated to x_t
+    SPADE = "spade"  # through SPADE normalisation (SPADEDiffusionModelUNet)
+    NONE = "none"  # no mask (the mask generator)
+
+
+def _concat(network, x, t, mask, class_labels):
+    return network(torch.cat([x, mask], dim=1), t, class_labels=class_labels)
+
+
+def _spade(network, x, t, mask, class_labels):
+    return network(x, t, seg=mask, class_labels=class_labels)
+
+
+def _no_mask(network, x, t, mask, class_labels):
+    return network(x, t, class_labels=class_labels)
+
+
+_CALLS: dict[MaskMode, Callable] = {MaskMode.CONCAT: _concat, MaskMode.SPADE: _spade, MaskMode.NONE: _no_mask}
+
+
+class ConditionalDenoiser(nn.Module):
+    """A diffusion UNet with mask and class conditioning behind one signature.
+
+    Args:
+        network: a ``DiffusionModelUNet`` (its in_channels = data channels + mask channels when
+            ``mask_mode="concat"``) or a ``SPADEDiffusionModelUNet`` (``mask_mode="spade"``).
+        mask_mode: ``"concat"``, ``"spade"`` or ``"none"`` (unconditional on masks, e.g. the mask generator).
+    """
+
+    MASK_MODES = tuple(m.value for m in MaskMode)
+
+    def __init__(self, network: nn.Module, mask_mode: str = "concat"):
+        super().__init__()
+        if mask_mode not in self.MASK_MODES:
+            raise ValueError(f"unknown mask_mode {mask_mode!r}; allowed: {list(self.MASK_MODES)}")
+        if (mask_mode == "spade") != isinstance(network, SPADEDiffusionModelUNet):
+            raise ValueError(f"mask_mode {mask_mode!r} does not fit a {type(network).__name__}")
+        self.network, self.mask_mode = network, mask_mode
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        timesteps: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        class_labels: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The network output for x_t (B, C, H, W) at network times (B,); mask is one-hot (B, 4, H, W)."""
+        if self.mask_mode != "none" and mask is None:
+            raise ValueError(f"mask_mode {self.mask_mode!r} needs a mask")
+        return _CALLS[MaskMode(self.mask_mode)](self.network, x, timesteps, mask, class_labels)
+
+
+class ClassIndex:
+    """The one definition of the class embedding index: class = group_index * len(phases) + phase_index.
+
+    An unknown or missing group or phase gets ``null_class`` = len(groups) * len(phases), the classifier-free
+    "no condition" class. With no groups there is no class embedding (``num_classes`` = 0).
+
+    Args:
+        groups: pathology groups in embedding order, e.g. ["NOR", "DCM", "HCM", "MINF", "RV"]; empty for none.
+        phases: phases in embedding order.
+    """
+
+    def __init__(self, groups: Sequence[str] | None = (), phases: Sequence[str] = ("ED", "ES")):
+        self.groups, self.phases = list(groups or []), list(phases)
+        self.num_classes = len(self.groups) * len(self.phases)
+        self.null_class = self.num_classes if self.num_classes else None
+
+    def index(self, group, phase) -> int | None:
+        """Class of (group, phase); ``null_class`` when either is unknown; None without groups."""
+        if not self.groups:
+            return None
+        if group in self.groups and phase in self.phases:
+            return self.groups.index(group) * len(self.phases) + self.phases.index(phase)
+        return self.null_class
+
+    def labels(self, entries: Sequence[Mapping], device="cpu") -> torch.Tensor | None:
+        """Class index of each entry's (group, phase), or None without groups."""
+        if not self.groups:
+            return None
+        return torch.tensor([self.index(e.get("group"), e.get("phase")) for e in entries], device=device)
+
+    def plan(self, per_class: int) -> list[tuple[str | None, str | None, int | None]]:
+        """(group, phase, class) for ``per_class`` samples of every class; one unconditional class without groups."""
+        if not self.groups:
+            return [(None, None, None)] * per_class
+        return [(g, p, self.index(g, p)) for g in self.groups for p in self.phases] * per_class
+
+
+def guided(network: Callable, x: torch.Tensor, t: torch.Tensor, mask: torch.Tensor | None,
+           class_labels: torch.Tensor | None, guidance_scale: float, null_class: int | None) -> torch.Tensor:
+    """Classifier-free guidance: out = out_uncond + w (out_cond - out_uncond); w = 1 is plain conditioning.
+
+    The unconditional branch uses ``null_class`` for classes and an all-zero mask (as in training dropout).
+
+    References:
+        Ho & Salimans, Classifier-Free Diffusion Guidance, 2022, Eq. (6).
+    """
+    cond = network(x, t, mask=mask, class_labels=class_labels)
+    if guidance_scale == 1.0:
+        return cond
+    null_labels = None if class_labels is None else torch.full_like(class_labels, null_class)
+    null_mask = None if mask is None else torch.zeros_like(mask)
+    uncond = network(x, t, mask=null_mask, class_labels=null_labels)
+    return uncond + guidance_scale * (cond - uncond)

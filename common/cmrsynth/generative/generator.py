@@ -1,0 +1,235 @@
+# Copyright (c) cmr-synth contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""``Generator``: the one object that sampling, fidelity scoring, the privacy audit and the benchmarks know about
+a generator. It binds a network, an objective, a codec, the class index and the default sampler.
+
+Every generator bundle defines it under the config id ``generator`` (in ``configs/common.yaml``); consumers
+build it with ``load_generator(bundle, run_root)`` and call ``sample`` and ``loss_at``, never the bundle's
+other config ids.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from cmrsynth.errors import CMRDataError
+from cmrsynth.generative.codecs import IdentityCodec
+from cmrsynth.generative.conditioning import ClassIndex, guided
+from cmrsynth.generative.objectives import Objective
+from cmrsynth.generative.samplers import get_sampler
+
+
+class BoundModel:
+    """A generator's network with conditions and guidance bound in, seen through its objective.
+
+    Answers in the objective's own space and time: ``predict`` / ``denoised`` (eps, x0), ``velocity``,
+    ``alpha_sigma``, ``add_noise`` and ``loss``; counts network evaluations in ``nfe`` (a guided evaluation is one
+    evaluation of two network passes).
+    """
+
+    def __init__(self, generator: Generator, mask=None, class_labels=None, guidance_scale: float = 1.0):
+        if guidance_scale != 1.0 and class_labels is not None and generator.classes.null_class is None:
+            raise ValueError("classifier-free guidance on classes needs a null class (a class-conditional generator)")
+        self.generator, self.objective = generator, generator.objective
+        self.mask, self.class_labels, self.guidance_scale = mask, class_labels, guidance_scale
+        self.nfe = 0
+
+    def output(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The (guided) network output at x_t and objective times t (B,)."""
+        self.nfe += 1
+        return guided(self.generator.denoiser, x, self.objective.network_time(t), self.mask, self.class_labels,
+                      self.guidance_scale, self.generator.classes.null_class)
+
+    def predict(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(eps, x0) implied by the output at x_t."""
+        return self.objective.predict(self.output(x, t), x, t)
+
+    def denoised(self, x, t):
+        """(eps, x0) with x0 clipped as the objective samples."""
+        eps, x0 = self.predict(x, t)
+        return eps, self.objective.clip(x0)
+
+    def velocity(self, x, t):
+        """dx/dt of the probability-flow ODE (continuous-time objectives)."""
+        return self.objective.velocity(self.output(x, t), x, t)
+
+    def alpha_sigma(self, t):
+        return self.objective.alpha_sigma(t)
+
+    def add_noise(self, z0, noise, t):
+        return self.objective.add_noise(z0, noise, t)
+
+    def time_at_level(self, level: float, n: int, device=None) -> torch.Tensor:
+        return self.objective.time_at_level(level, n, device)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.generator.codec.encode(x)
+
+    def loss(self, z0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """Per-sample training loss (mean squared error of the objective's target) at times t, (B,)."""
+        x_t, target = self.objective.training_pair(z0, noise, t)
+        return ((self.output(x_t, t) - target) ** 2).flatten(1).mean(1)
+
+
+class Generator:
+    """A trained generator behind one contract.
+
+    Args:
+        network: the denoiser (``ConditionalDenoiser``) or an ``AveragedModel`` of it (its averaged module is used,
+            and a checkpoint's ``ema`` entry loads into it).
+        objective: an ``Objective``.
+        codec: the space the objective works in (``IdentityCodec`` for pixels).
+        classes: the ``ClassIndex`` (no groups: no class conditioning).
+        data_channels: channels of a sample (1 for an image, 4 for a one-hot mask).
+        image_size: side of a sample when nothing else fixes it (unconditional sampling).
+        sampler: default sampler name (see ``generative.samplers.SAMPLERS``).
+        num_inference_steps: default steps of that sampler (None: the objective's default).
+        guidance_scale: default classifier-free guidance weight.
+        name: the bundle's name, recorded in reports.
+    """
+
+    def __init__(self, network: nn.Module, objective: Objective, codec=None, classes: ClassIndex | None = None,
+                 data_channels: int = 1, image_size: int = 64, sampler: str = "ddim",
+                 num_inference_steps: int | None = 50, guidance_scale: float = 1.0, name: str = "generator"):
+        self.network, self.objective = network, objective
+        self.codec, self.classes = codec or IdentityCodec(), classes or ClassIndex()
+        self.data_channels, self.image_size = int(data_channels), int(image_size)
+        self.check_sampler(sampler)
+        self.sampler, self.num_inference_steps, self.guidance_scale = sampler, num_inference_steps, guidance_scale
+        self.name, self.checkpoint = name, None
+
+    @property
+    def denoiser(self) -> nn.Module:
+        """The module that is evaluated (the EMA's averaged module when the network is an AveragedModel)."""
+        return self.network.module if isinstance(self.network, torch.optim.swa_utils.AveragedModel) else self.network
+
+    @property
+    def device(self) -> torch.device:
+        """Where the network's weights are (cpu for a network without any)."""
+        return next(self.network.parameters(), torch.empty(0)).device
+
+    @property
+    def card(self) -> GeneratorCard:
+        """What a checkpoint records about this generator, checked when one is loaded."""
+        return GeneratorCard(self)
+
+    def check_sampler(self, name: str) -> None:
+        """Refuse a sampler that is unknown or that this objective cannot drive, naming the ones that fit."""
+        get_sampler(name)
+        if name not in self.objective.samplers:
+            raise ValueError(f"sampler {name!r} does not fit a {type(self.objective).__name__}; "
+                             f"allowed: {list(self.objective.samplers)}")
+
+    def to(self, device) -> Generator:
+        self.network.to(device)
+        self.codec = self.codec.to(device)
+        return self
+
+    def eval(self) -> Generator:
+        self.network.eval()
+        return self
+
+    def bind(self, mask=None, class_labels=None, guidance_scale: float = 1.0) -> BoundModel:
+        """The network with these conditions bound in (masks (B, 4, H, W) one-hot, class labels (B,))."""
+        return BoundModel(self, mask, class_labels, guidance_scale)
+
+    @torch.no_grad()
+    def sample(self, n: int | None = None, mask: torch.Tensor | None = None, class_labels: torch.Tensor | None = None,
+               sampler: str | None = None, num_inference_steps: int | None = None, guidance_scale: float | None = None,
+               generator: torch.Generator | None = None, callback: Callable | None = None, **options) -> tuple[torch.Tensor, int]:
+        """Draw samples: noise in the codec's space, the sampler over the objective's grid, then decode.
+
+        Args:
+            n: samples to draw when no mask fixes the batch.
+            mask: one-hot masks (B, 4, H, W) for mask-conditioned generators.
+            class_labels: (B,) classes, or None.
+            sampler, num_inference_steps, guidance_scale: override the generator's defaults.
+            generator: random generator of the starting noise and of stochastic steps.
+            callback: ``callback(i, x)`` after every step.
+            options: passed to the sampler (e.g. ``rtol`` of dopri5).
+
+        Returns:
+            (samples (B, data_channels, H, W), network evaluations per sample).
+        """
+        sampler = sampler or self.sampler
+        self.check_sampler(sampler)
+        steps = self.num_inference_steps if num_inference_steps is None else num_inference_steps
+        w = self.guidance_scale if guidance_scale is None else guidance_scale
+        batch = mask.shape[0] if mask is not None else n
+        size = tuple(mask.shape[-2:]) if mask is not None else (self.image_size, self.image_size)
+        device = self.device
+        times = self.objective.time_grid(steps, device)
+        noise = torch.randn((batch, *self.codec.latent_shape((self.data_channels, *size))), generator=generator).to(device)
+        model = self.bind(mask, class_labels, w)
+        z = get_sampler(sampler)(model, noise, times, callback=callback, generator=generator, **options)
+        return self.codec.decode(z), model.nfe
+
+    def loss_at(self, x0: torch.Tensor, level: float, mask=None, class_labels=None, noise=None,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+        """Per-sample training loss of clean data x0 (B, C, H, W) at noise level ``level`` in [0, 1]
+        (0 clean, 1 pure noise), with ``noise`` or a fresh draw; what loss-based membership attacks score."""
+        model = self.bind(mask, class_labels)
+        z0 = model.encode(x0)
+        noise = torch.randn(z0.shape, generator=generator).to(z0.device) if noise is None else noise
+        return model.loss(z0, model.time_at_level(level, len(z0), z0.device), noise)
+
+    def load_checkpoint(self, path: str | Path, key: str = "ema") -> Generator:
+        """Load weights from a training checkpoint (its ``key`` entry) or a file holding them alone
+        (``best_ema.pt``); refuse one written for another generator or shape, naming the file."""
+        path = Path(path)
+        if not path.is_file():
+            raise CMRDataError(path, "generator checkpoint not found (train the generator bundle first)")
+        state = torch.load(path, map_location=self.device, weights_only=True)
+        if "card" in state:
+            self.card.check(state["card"], path)
+        else:
+            logging.getLogger(__name__).warning(f"{path}: no generator card; cannot check it was written for {self.name}")
+        weights = state.get(key, state)
+        try:
+            self.network.load_state_dict(weights)
+        except RuntimeError as e:
+            problem = str(e).split("\n\t")[1] if "\n\t" in str(e) else str(e).splitlines()[0]
+            raise CMRDataError(path, f"weights do not fit {self.name}'s network ({problem.strip()[:200]})") from None
+        self.checkpoint = str(path)
+        return self
+
+
+class GeneratorCard:
+    """The facts a checkpoint records about its generator (objective, data channels, codec); a checkpoint entry
+    with ``state_dict`` / ``load_state_dict`` so ``ResumableCheckpoint`` and ``CheckpointSaver`` store it, and a
+    resumed run refuses a checkpoint of another objective."""
+
+    def __init__(self, generator: Generator):
+        self.generator = generator
+
+    def facts(self) -> dict:
+        g = self.generator
+        return {**g.objective.describe(), "codec": g.codec.name, "data_channels": g.data_channels,
+                "num_classes": g.classes.num_classes}
+
+    def state_dict(self) -> dict:
+        return self.facts()
+
+    def check(self, recorded: dict, path: str | Path) -> None:
+        """Raise ``CMRDataError`` naming the file when ``recorded`` differs from this generator's facts."""
+        ours = self.facts()
+        differ = {k: (recorded.get(k), v) for k, v in ours.items() if recorded.get(k) != v}
+        if differ:
+            listed = ", ".join(f"{k}: {a!r} in the file, {b!r} here" for k, (a, b) in differ.items())
+            raise CMRDataError(path, f"checkpoint was written for another generator ({listed})")
+
+    def load_state_dict(self, state: dict) -> None:
+        self.check(state, "checkpoint")

@@ -1,0 +1,72 @@
+# Copyright (c) cmr-synth contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+from __future__ import annotations
+
+import pytest
+import torch
+from monai.networks.nets import DiffusionModelUNet, SPADEDiffusionModelUNet
+
+from cmrsynth.generative import ClassIndex, ConditionalDenoiser, guided
+
+
+def _unet(in_channels=5, out_channels=1, classes=None):
+    return DiffusionModelUNet(2, in_channels, out_channels, channels=(8, 8), attention_levels=(False, False),
+                              num_res_blocks=1, norm_num_groups=8, num_class_embeds=classes)
+
+
+def _onehot(n=3, size=16):
+    label = torch.randint(0, 4, (n, size, size), generator=torch.Generator().manual_seed(0))
+    return torch.nn.functional.one_hot(label, 4).permute(0, 3, 1, 2).float()
+
+
+@pytest.mark.parametrize("mode", ["concat", "spade", "none"])
+def test_denoiser_modes_shapes(mode):
+    if mode == "spade":
+        net = SPADEDiffusionModelUNet(2, 1, 1, label_nc=4, channels=(8, 8), attention_levels=(False, False),
+                                      num_res_blocks=1, norm_num_groups=8, num_class_embeds=3)
+    else:
+        net = _unet(5 if mode == "concat" else 1, classes=3)
+    out = ConditionalDenoiser(net, mode)(torch.zeros(3, 1, 16, 16), torch.tensor([1, 500, 999]), mask=_onehot(),
+                                         class_labels=torch.tensor([0, 1, 2]))
+    assert out.shape == (3, 1, 16, 16)
+
+
+def test_denoiser_errors():
+    with pytest.raises(ValueError, match=r"unknown mask_mode 'film'; allowed: \['concat', 'spade', 'none'\]"):
+        ConditionalDenoiser(_unet(), "film")
+    with pytest.raises(ValueError, match="does not fit a DiffusionModelUNet"):
+        ConditionalDenoiser(_unet(), "spade")
+    with pytest.raises(ValueError, match="needs a mask"):
+        ConditionalDenoiser(_unet(), "concat")(torch.zeros(1, 1, 16, 16), torch.tensor([1]))
+
+
+def test_guidance_combines_conditional_and_unconditional():
+    calls = []
+
+    def fake(x, t, mask=None, class_labels=None):
+        calls.append((class_labels.tolist(), mask.sum().item()))
+        return torch.full_like(x, 1.0 if class_labels[0] != 9 else 0.25)
+
+    out = guided(fake, torch.zeros(1, 1, 2, 2), torch.tensor([5]), torch.ones(1, 4, 2, 2), torch.tensor([2]), 3.0, 9)
+    assert calls == [([2], 16.0), ([9], 0.0)]  # the unconditional branch: null class and an all-zero mask
+    torch.testing.assert_close(out, torch.full((1, 1, 2, 2), 0.25 + 3.0 * 0.75))
+
+
+def test_class_index_is_defined_once():
+    classes = ClassIndex(["NOR", "HCM"], ["ED", "ES"])
+    assert classes.num_classes == 4 and classes.null_class == 4
+    assert classes.index("HCM", "ES") == 3 and classes.index("DCM", "ED") == 4 and classes.index("NOR", None) == 4
+    plan = classes.plan(2)
+    assert len(plan) == 8 and plan[3] == ("HCM", "ES", 3)
+    assert classes.labels([{"group": "NOR", "phase": "ES"}, {"group": "RV"}]).tolist() == [1, 4]
+    none = ClassIndex([])
+    assert none.num_classes == 0 and none.null_class is None and none.labels([{}]) is None
+    assert none.plan(3) == [(None, None, None)] * 3
