@@ -13,7 +13,7 @@
 Both image generators train the same UNet for the same number of steps on the 50 train patients (ddpm_cmr and
 mask_generator are trained here too, at fixed steps, unless their roots in --work already hold a final checkpoint).
 Then, all through the generator contract and the bundles' own configs:
-- NFE sweep on the 170 real test masks: fm_cmr euler at NFE 1, 2, 5, 10, 20, midpoint at NFE 2, 10, 20, dopri5
+- NFE sweep on the real test masks (170 slices): fm_cmr euler at NFE 1, 2, 5, 10, 20, midpoint at NFE 2, 10, 20, dopri5
   (adaptive), beside ddpm_cmr DDIM-50 and DDIM-10: seconds per slice and fidelity scored by the real-only segmenter
   (mask faithfulness, FD / KID on its features, diversity, SSIM to the real image of the same mask);
 - utility: seg_utility synthetic-only and few10+syn on each generator's images of the same mask_generator masks,
@@ -157,7 +157,7 @@ def figures(work: Path, real: Path, result: dict) -> None:
             for n in (fm_name, ddpm_name)]
     save_overlay_grid(rows[0] + rows[1] + [test[i]["array"] for i in picked], None, docs / "fm_vs_ddpm_vs_real.png",
                       [f"fm_cmr {result['default_sampler']}"] * len(picked) + ["ddpm_cmr DDIM-50"] * len(picked)
-                      + [f"real {test[i]['group']}"] * len(picked), ncols=len(picked))
+                      + [f"real {test[i]['group']}" for i in picked], ncols=len(picked))
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
     for sampler, style in (("euler", "o-"), ("midpoint", "s-"), ("dopri5", "^"), ("ddim", "x--")):
         rows = [r for r in result["sweep"] if r["sampler"] == sampler]
@@ -276,9 +276,26 @@ def render(result: dict) -> None:
              f"{result['threads']} torch threads. Training: " + "; ".join(
                  f"{b} {t[b]['iteration']} steps in {t[b]['training_wall_seconds'] / 60:.0f} min" for b in t)
              + f". Segmenters: {result['segmenter_steps']} steps each, scored per patient volume on the 10 test patients.")
-    text = "\n\n".join([facts, paper_table(result), "NFE sweep on the 170 real test masks (batch 16):", sweep_table(result)])
+    n = result["sweep"][0]["n_synthetic"]
+    text = "\n\n".join([facts, paper_table(result), f"NFE sweep on the {n} real test masks (batch 16):", sweep_table(result)])
     replace_marked(FM / "docs" / "README.md", "results", text)
     replace_marked(DDPM / "docs" / "README.md", "comparison", paper_table(result))
+    readme = REPO / "README.md"
+    head, rest = readme.read_text().split("<!-- fm-stage -->", 1)
+    readme.write_text(head + "<!-- fm-stage -->" + stage_cell(result) + "<!-- /fm-stage -->" + rest.split("<!-- /fm-stage -->", 1)[1])
+
+
+def stage_cell(result: dict) -> str:
+    """One line for the README's stage table: the paper's comparison so far in numbers."""
+    sweep = {f"{r['generator']}_{r['sampler']}{r['steps'] or ''}": r for r in result["sweep"]}
+    fm, ddpm = sweep[f"fm_cmr_{result['default_sampler']}"], sweep["ddpm_cmr_ddim50"]
+    u = result["utility"]
+    lv = lambda mode: u[mode]["summary"]["ED/dice_lv"]["mean"]  # noqa: E731
+    faith = lambda r: np.mean(list(r["mask_faithfulness"].values()))  # noqa: E731
+    return (f"[CPU benchmark](bundles/fm_cmr/docs/README.md#performance), both {result['training']['fm_cmr']['iteration']} steps: "
+            f"NFE {fm['nfe']} vs DDIM-{ddpm['nfe']}, {fm['seconds_per_slice']:.3f} vs {ddpm['seconds_per_slice']:.3f} s / slice; "
+            f"mask faithfulness {faith(fm):.3f} vs {faith(ddpm):.3f}; synthetic-only LV Dice (ED) "
+            f"{lv('synthetic (fm_cmr)'):.3f} vs {lv('synthetic (ddpm_cmr)'):.3f}")
 
 
 if __name__ == "__main__":

@@ -32,10 +32,10 @@ DDPM = REPO / "bundles" / "ddpm_cmr"
 
 
 def audit(work: Path, generator_root: Path, datalist: Path, synthetic: Path | None, name: str, threads: int,
-          slices_per_patient: int) -> dict:
-    """Run audit.yaml on one trained generator; return its audit.json."""
+          slices_per_patient: int, bundle: Path = DDPM) -> dict:
+    """Run audit.yaml on one trained generator bundle; return its audit.json."""
     out = work / "privacy_audit" / name
-    overrides = {"generator_bundle": str(DDPM), "generator_root": str(generator_root), "real_datalist": str(datalist),
+    overrides = {"generator_bundle": str(bundle), "generator_root": str(generator_root), "real_datalist": str(datalist),
                  "output_dir": str(out), "slices_per_patient": slices_per_patient}
     if synthetic is not None and synthetic.is_file():
         overrides["synthetic_datalist"] = str(synthetic)

@@ -43,6 +43,8 @@ def postprocess_mask(mask: np.ndarray) -> np.ndarray:
     Returns:
         (H, W) uint8 cleaned mask.
     """
+    # not MONAI's KeepLargestConnectedComponent + FillHoles: the second fill is across labels (a hole in the
+    # LV + myocardium disc becomes myocardium), which FillHoles, filling each label alone, does not do
     out = np.zeros_like(mask, dtype=np.uint8)
     for value in (1, 2, 3):
         sel = mask == value

@@ -185,7 +185,7 @@ def diversity(images, pairs: int = 200, seed: int = 0, data_range: float = 2.0) 
 
 def dice_per_structure(prediction: np.ndarray, reference: np.ndarray) -> dict[str, float]:
     """Dice of each structure (rv, myo, lv) between two canonical masks; NaN where both are empty."""
-    out = {}
+    out = {}  # numpy on label maps; monai.metrics.compute_dice would need one-hot tensors for these 2D numpy masks
     for name, value in STRUCTURES.items():
         p, r = prediction == value, reference == value
         total = p.sum() + r.sum()
