@@ -34,4 +34,5 @@ class IdentityCodec:
         return tuple(shape)
 
     def to(self, device) -> IdentityCodec:
+        """Nothing to move."""
         return self

@@ -67,15 +67,19 @@ class BoundModel:
         return self.objective.velocity(self.output(x, t), x, t)
 
     def alpha_sigma(self, t):
+        """The objective's path coefficients at times t."""
         return self.objective.alpha_sigma(t)
 
     def add_noise(self, z0, noise, t):
+        """x_t on the objective's path."""
         return self.objective.add_noise(z0, noise, t)
 
     def time_at_level(self, level: float, n: int, device=None) -> torch.Tensor:
+        """The objective's time at a noise level in [0, 1], for n samples."""
         return self.objective.time_at_level(level, n, device)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Data -> the space the objective works in (the generator's codec)."""
         return self.generator.codec.encode(x)
 
     def loss(self, z0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -134,11 +138,13 @@ class Generator:
                              f"allowed: {list(self.objective.samplers)}")
 
     def to(self, device) -> Generator:
+        """Move the network and codec to ``device``."""
         self.network.to(device)
         self.codec = self.codec.to(device)
         return self
 
     def eval(self) -> Generator:
+        """Put the network in evaluation mode."""
         self.network.eval()
         return self
 
@@ -216,11 +222,13 @@ class GeneratorCard:
         self.generator = generator
 
     def facts(self) -> dict:
+        """What must match: the objective's description, codec, data channels and number of classes."""
         g = self.generator
         return {**g.objective.describe(), "codec": g.codec.name, "data_channels": g.data_channels,
                 "num_classes": g.classes.num_classes}
 
     def state_dict(self) -> dict:
+        """The facts, as a checkpoint entry."""
         return self.facts()
 
     def check(self, recorded: dict, path: str | Path) -> None:
@@ -232,4 +240,5 @@ class GeneratorCard:
             raise CMRDataError(path, f"checkpoint was written for another generator ({listed})")
 
     def load_state_dict(self, state: dict) -> None:
+        """Check a resumed checkpoint's facts against this generator's."""
         self.check(state, "checkpoint")

@@ -55,6 +55,7 @@ class Objective:
         return {"objective": self.name}
 
     def sample_times(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Training times, one per sample, drawn from ``generator``."""
         raise NotImplementedError
 
     def couple(self, noise: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
@@ -71,9 +72,11 @@ class Objective:
         raise NotImplementedError
 
     def network_time(self, t: torch.Tensor) -> torch.Tensor:
+        """What the network's time embedding receives at times t."""
         return t
 
     def predict(self, output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(eps, x0) that a network output implies at x_t, times t (B,)."""
         raise NotImplementedError
 
     def clip(self, x0: torch.Tensor) -> torch.Tensor:
@@ -81,15 +84,19 @@ class Objective:
         return x0
 
     def alpha_sigma(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(alpha(t), sigma(t)) of the path, each (B,)."""
         raise NotImplementedError
 
     def time_grid(self, steps: int | None, device=None) -> torch.Tensor:
+        """Times from noise to data for a sampler of ``steps`` steps (None: the objective's default)."""
         raise NotImplementedError
 
     def time_at_level(self, level: float, n: int, device=None) -> torch.Tensor:
+        """The time at noise level ``level`` (0 clean, 1 pure noise), for n samples."""
         raise NotImplementedError
 
     def velocity(self, output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """dx/dt at x_t for ODE samplers; only continuous-time objectives have one."""
         raise ValueError(f"{type(self).__name__} has no continuous time: it samples with {list(self.samplers)}")
 
 
