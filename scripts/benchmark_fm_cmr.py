@@ -230,7 +230,7 @@ def _strongest(audit: dict) -> str:
 
 def sweep_table(result: dict) -> str:
     """Seconds per slice and fidelity per sampler setting."""
-    rows = ["| generator | sampler | NFE | s / slice | faithfulness Dice LV / MYO / RV | FD x100 | KID x10^4 | SSIM to real | diversity |",
+    rows = ["| generator | sampler | NFE | s / slice | faithfulness Dice LV / MYO / RV | FD x100 | KID x10^4 | SSIM to real | pairwise MS-SSIM (lower = more varied) |",
             "|---|---|---|---|---|---|---|---|---|"]
     for r in result["sweep"]:
         m, paired = r["mask_faithfulness"], r.get("paired") or {}
