@@ -294,7 +294,7 @@ def stage_cell(result: dict) -> str:
     faith = lambda r: np.mean(list(r["mask_faithfulness"].values()))  # noqa: E731
     return (f"[CPU benchmark](bundles/fm_cmr/docs/README.md#performance), both {result['training']['fm_cmr']['iteration']} steps: "
             f"NFE {fm['nfe']} vs DDIM-{ddpm['nfe']}, {fm['seconds_per_slice']:.3f} vs {ddpm['seconds_per_slice']:.3f} s / slice; "
-            f"mask faithfulness {faith(fm):.3f} vs {faith(ddpm):.3f}; synthetic-only LV Dice (ED) "
+            f"mask faithfulness (mean Dice) {faith(fm):.3f} vs {faith(ddpm):.3f}; synthetic-only LV Dice (ED) "
             f"{lv('synthetic (fm_cmr)'):.3f} vs {lv('synthetic (ddpm_cmr)'):.3f}")
 
 
