@@ -82,3 +82,14 @@ def test_validate_at_end_only_when_training_stopped_between_validations(budget, 
     trainer = _trainer(torch.nn.Linear(5, 1), 2, [TimeBudget(minutes=budget), ValidateAtEnd(validator, interval=2)])
     trainer.run()  # without a budget: 2 full epochs end exactly on a validation epoch
     assert validator.epochs == expected
+
+
+def test_validate_at_end_when_stopped_on_a_validation_iteration():
+    """A stop on the last iteration of a validation epoch skips that epoch's EPOCH_COMPLETED (and its validation)."""
+    from ignite.engine import Events
+
+    validator = _CountingValidator()
+    trainer = _trainer(torch.nn.Linear(5, 1), 4, [ValidateAtEnd(validator, interval=2)])
+    trainer.add_event_handler(Events.ITERATION_COMPLETED(once=6), lambda e: e.terminate())  # 3 iterations per epoch
+    trainer.run()
+    assert validator.epochs == [2]

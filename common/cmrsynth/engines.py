@@ -63,10 +63,15 @@ class ValidateAtEnd:
         """Register the check on COMPLETED (ignite fires it after a terminate too)."""
         from ignite.engine import Events
 
+        self.stopped = False
+        engine.add_event_handler(Events.TERMINATE, lambda _: setattr(self, "stopped", True))
         engine.add_event_handler(Events.COMPLETED, self._maybe_validate)
 
     def _maybe_validate(self, engine) -> None:
-        if engine.state.iteration % (engine.state.epoch_length * self.interval) != 0:
+        # a stop (terminate) on the last iteration of a validation epoch skips that EPOCH_COMPLETED, and with it
+        # the ValidationHandler: validate then too, not only between validation epochs
+        between = engine.state.iteration % (engine.state.epoch_length * self.interval) != 0
+        if between or self.stopped:
             self.validator.run(engine.state.epoch)
 
 
