@@ -15,7 +15,6 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
 
 from cmrsynth.errors import CMRDataError
 from cmrsynth.generate import generate_images, generate_masks

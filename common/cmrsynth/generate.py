@@ -43,10 +43,8 @@ def _batches(n: int, size: int):
 
 
 def _sampling_summary(generator: Generator, sampler, steps, guidance_scale, nfe: list[int], seconds: float, n: int) -> dict:
-    return {"sampler": sampler or generator.sampler,
-            "num_inference_steps": generator.num_inference_steps if steps is None else steps,
-            "guidance_scale": generator.guidance_scale if guidance_scale is None else guidance_scale,
-            "nfe": max(nfe) if nfe else 0, "seconds_per_sample": seconds / max(n, 1)}
+    return {**generator.settings(sampler, steps, guidance_scale), "nfe": max(nfe) if nfe else 0,
+            "seconds_per_sample": seconds / max(n, 1)}
 
 
 def generate_masks(

@@ -137,6 +137,13 @@ class Generator:
             raise ValueError(f"sampler {name!r} does not fit a {type(self.objective).__name__}; "
                              f"allowed: {list(self.objective.samplers)}")
 
+    def settings(self, sampler: str | None = None, num_inference_steps: int | None = None,
+                 guidance_scale: float | None = None) -> dict:
+        """The sampler, steps and guidance a call uses: the given ones, else the generator's defaults."""
+        return {"sampler": sampler or self.sampler,
+                "num_inference_steps": self.num_inference_steps if num_inference_steps is None else num_inference_steps,
+                "guidance_scale": self.guidance_scale if guidance_scale is None else guidance_scale}
+
     def to(self, device) -> Generator:
         """Move the network and codec to ``device``."""
         self.network.to(device)
@@ -170,10 +177,8 @@ class Generator:
         Returns:
             (samples (B, data_channels, H, W), network evaluations per sample).
         """
-        sampler = sampler or self.sampler
+        sampler, steps, w = self.settings(sampler, num_inference_steps, guidance_scale).values()
         self.check_sampler(sampler)
-        steps = self.num_inference_steps if num_inference_steps is None else num_inference_steps
-        w = self.guidance_scale if guidance_scale is None else guidance_scale
         batch = mask.shape[0] if mask is not None else n
         size = tuple(mask.shape[-2:]) if mask is not None else (self.image_size, self.image_size)
         device = self.device
