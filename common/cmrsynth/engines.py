@@ -105,6 +105,28 @@ class TimeBudget:
             engine.terminate()
 
 
+class EngineProgress:
+    """An engine's own progress (iteration, epoch length, run length) as a checkpoint entry.
+
+    ``Engine.state_dict`` also returns the live objects named in its user keys (``AdversarialTrainer`` lists its
+    networks and optimizers); saved there and loaded back, they would replace the engine's objects with copies that
+    no other handler (EMA, checkpoint) sees. Those objects are checkpointed through ``save_dict`` instead.
+    """
+
+    def __init__(self, engine):
+        self.engine = engine
+
+    def state_dict(self) -> dict:
+        """The engine's state without its user keys."""
+        user = set(self.engine._state_dict_user_keys)
+        return {k: v for k, v in self.engine.state_dict().items() if k not in user}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore progress; user keys keep the engine's live objects."""
+        live = {k: getattr(self.engine.state, k) for k in self.engine._state_dict_user_keys}
+        self.engine.load_state_dict({**state, **live})
+
+
 def _distributed() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized()
 
@@ -151,7 +173,7 @@ class ResumableCheckpoint:
         """Register resume on STARTED, saving on EPOCH_COMPLETED and COMPLETED."""
         from ignite.engine import Events
 
-        self.objects = {**self.save_dict, "trainer": engine}
+        self.objects = {**self.save_dict, "trainer": EngineProgress(engine)}
         engine.add_event_handler(Events.STARTED, self.resume)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self.save_epoch)
         engine.add_event_handler(Events.COMPLETED, self.save_final)

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cmrsynth.generative.codecs import IdentityCodec
+from cmrsynth.generative.autoencoder import (DiscriminatorAdversarialLoss, GeneratorAdversarialLoss, ReconstructionKLLoss,
+                                             RecordTotalLoss)
+from cmrsynth.generative.codecs import AutoencoderCodec, IdentityCodec, KLAutoencoder
 from cmrsynth.generative.conditioning import ClassIndex, ConditionalDenoiser, MaskMode, guided
 from cmrsynth.generative.generator import BoundModel, Generator, GeneratorCard
 from cmrsynth.generative.objectives import (Coupling, DiffusionObjective, FlowMatchingObjective, Objective,
@@ -27,9 +29,10 @@ from cmrsynth.generative.objectives import (Coupling, DiffusionObjective, FlowMa
 from cmrsynth.generative.samplers import SAMPLERS, get_sampler
 from cmrsynth.generative.training import ObjectivePrepareBatch, plain_tensor
 
-__all__ = ["BoundModel", "ClassIndex", "ConditionalDenoiser", "Coupling", "DiffusionObjective", "FlowMatchingObjective",
-           "Generator", "GeneratorCard", "IdentityCodec", "MaskMode", "Objective", "ObjectivePrepareBatch",
-           "PredictionType", "SAMPLERS", "get_sampler", "guided", "load_generator", "plain_tensor"]
+__all__ = ["AutoencoderCodec", "BoundModel", "ClassIndex", "ConditionalDenoiser", "Coupling", "DiffusionObjective",
+           "DiscriminatorAdversarialLoss", "FlowMatchingObjective", "Generator", "GeneratorAdversarialLoss", "GeneratorCard",
+           "IdentityCodec", "KLAutoencoder", "MaskMode", "Objective", "ObjectivePrepareBatch", "PredictionType",
+           "ReconstructionKLLoss", "RecordTotalLoss", "SAMPLERS", "get_sampler", "guided", "load_generator", "plain_tensor"]
 
 
 def load_generator(bundle: str | Path, run_root: str | Path, device="cpu", overrides: dict | None = None,

@@ -8,12 +8,25 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""Codecs: the space a generator's objective works in. ``IdentityCodec`` keeps pixels; an autoencoder
-(latent diffusion) is a codec with the same three methods."""
+"""Codecs: the space a generator's objective works in. ``IdentityCodec`` keeps pixels; ``AutoencoderCodec``
+(latent diffusion) maps slices to the latents of a trained KL autoencoder and back.
+
+A codec has ``encode``, ``decode``, ``latent_shape``, ``to`` and a ``name`` recorded in the generator card. A codec
+with weights is an ``nn.Module``: its ``state_dict`` travels in the generator's checkpoint (entry ``codec``), so a
+latent generator's checkpoint is self-contained.
+"""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+
 import torch
+import torch.nn as nn
+from monai.networks.nets import AutoencoderKL
+
+from cmrsynth.errors import CMRDataError
 
 
 class IdentityCodec:
@@ -36,3 +49,93 @@ class IdentityCodec:
     def to(self, device) -> IdentityCodec:
         """Nothing to move."""
         return self
+
+    def eval(self) -> IdentityCodec:
+        """Nothing to switch."""
+        return self
+
+
+class KLAutoencoder(AutoencoderKL):
+    """MONAI's ``AutoencoderKL`` whose forward returns the reconstruction alone, keeping that forward's KL term.
+
+    ignite engines, image metrics and a discriminator expect a network that returns one image; the KL divergence
+    of the posterior N(z_mu, z_sigma^2) from N(0, I) (mean over the batch of the sum over latent elements, as in
+    Rombach et al. 2022) is kept in ``self.kl`` for ``ReconstructionKLLoss``. ``encode`` / ``decode`` are MONAI's.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Reconstruction of x through a sampled latent (the posterior mean in eval mode, so validation is
+        repeatable); ``self.kl`` holds this forward's KL term."""
+        z_mu, z_sigma = self.encode(x)
+        variance = z_sigma.pow(2)
+        self.kl = 0.5 * (z_mu.pow(2) + variance - torch.log(variance.clamp(min=1e-12)) - 1).flatten(1).sum(1).mean()
+        return self.decode(self.sampling(z_mu, z_sigma) if self.training else z_mu)
+
+
+class AutoencoderCodec(nn.Module):
+    """Latent space of a trained ``KLAutoencoder``: encode to scaled latent means, decode back to pixels.
+
+    Encoding takes the posterior mean, not a sample: the same slice always maps to the same latent, so training
+    targets, membership scores and reconstructions are repeatable (with the small KL weight used here the posterior
+    spread is far below the latent scale). Latents are multiplied by ``scale_factor`` (1 / std of the training
+    latents, Rombach et al. 2022, sec. 4.3.2) so the diffusion sees unit-variance data; the factor is a buffer, so
+    it is stored with the generator's checkpoint.
+
+    Args:
+        autoencoder: the ``KLAutoencoder`` (its weights come from ``load_autoencoder`` or the generator's
+            checkpoint).
+        downsampling: spatial factor between a slice and its latent (2 ** (number of autoencoder levels - 1)).
+    """
+
+    name = "autoencoder_kl"
+
+    def __init__(self, autoencoder: KLAutoencoder, downsampling: int):
+        super().__init__()
+        self.autoencoder, self.downsampling = autoencoder, int(downsampling)
+        self.latent_channels = autoencoder.latent_channels
+        self.register_buffer("scale_factor", torch.tensor(1.0))
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 1, H, W) slices -> (B, latent_channels, H / f, W / f) scaled latent means."""
+        return self.autoencoder.encode(x)[0] * self.scale_factor
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Scaled latents -> slices."""
+        return self.autoencoder.decode(z / self.scale_factor)
+
+    def latent_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """(latent_channels, H / f, W / f) of a slice shape (C, H, W); refuses a size the autoencoder cannot halve."""
+        _, *spatial = shape
+        if any(s % self.downsampling for s in spatial):
+            raise ValueError(f"slice size {tuple(spatial)} is not divisible by the autoencoder's factor {self.downsampling}")
+        return (self.latent_channels, *(s // self.downsampling for s in spatial))
+
+    def load_autoencoder(self, path: str | Path, key: str = "autoencoder") -> AutoencoderCodec:
+        """Load the stage-1 weights (``key`` of a train_autoencoder checkpoint), refusing a missing or unfit file."""
+        path = Path(path)
+        if not path.is_file():
+            raise CMRDataError(path, "trained autoencoder not found: run configs/train_autoencoder.yaml first")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            self.autoencoder.load_state_dict(state.get(key, state))
+        except RuntimeError as e:
+            raise CMRDataError(path, f"weights do not fit the configured autoencoder ({str(e).splitlines()[0][:200]})") from None
+        return self
+
+    @torch.no_grad()
+    def calibrate(self, batches: Iterable, image_key: str = "image", max_batches: int | None = None) -> float:
+        """Set ``scale_factor`` to 1 / std of the unscaled latent means of ``batches`` (the training slices)."""
+        from cmrsynth.generative.training import plain_tensor
+
+        device = self.scale_factor.device
+        latents = []
+        for i, batch in enumerate(batches):
+            if max_batches is not None and i >= max_batches:
+                break
+            latents.append(self.autoencoder.encode(plain_tensor(batch[image_key], device))[0])
+        if not latents:
+            raise ValueError("no training batches to calibrate the latent scale on")
+        self.scale_factor.fill_(1.0 / torch.cat(latents).std().clamp(min=1e-6))
+        logging.getLogger(__name__).info(f"latent scale factor {self.scale_factor.item():.4f} "
+                                         f"from {sum(len(z) for z in latents)} training slices")
+        return self.scale_factor.item()

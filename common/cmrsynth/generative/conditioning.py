@@ -18,6 +18,7 @@ from enum import Enum
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from monai.networks.nets import SPADEDiffusionModelUNet
 
 
@@ -30,10 +31,13 @@ class MaskMode(str, Enum):
 
 
 def _concat(network, x, t, mask, class_labels):
+    if mask.shape[-2:] != x.shape[-2:]:  # a latent grid: each cell gets the share of each structure it covers
+        mask = F.interpolate(mask, size=x.shape[-2:], mode="area")
     return network(torch.cat([x, mask], dim=1), t, class_labels=class_labels)
 
 
 def _spade(network, x, t, mask, class_labels):
+    # SPADE layers resize the full-resolution mask to each feature map themselves
     return network(x, t, seg=mask, class_labels=class_labels)
 
 
