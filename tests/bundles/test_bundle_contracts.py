@@ -21,7 +21,8 @@ from monai.bundle import ConfigParser
 from cmrsynth.labels import CHANNEL_DEF
 from tests.conftest import REPO
 
-BUNDLES = ["mask_generator", "ddpm_cmr", "fm_cmr"]
+BUNDLES = ["mask_generator", "ddpm_cmr", "fm_cmr", "ldm_cmr"]
+IMAGE_GENERATORS = ["ddpm_cmr", "fm_cmr", "ldm_cmr"]
 REQUIRED = ("version", "changelog", "monai_version", "pytorch_version", "required_packages_version", "name", "task",
             "description", "authors", "copyright", "data_source", "intended_use", "references", "network_data_format")
 
@@ -51,22 +52,28 @@ def test_network_matches_metadata(bundle, preset):
     meta = json.loads((REPO / "bundles" / bundle / "configs" / "metadata.json").read_text())["network_data_format"]
     parser = _parser(bundle, *preset)
     parser["device"] = "$torch.device('cpu')"
-    net = parser.get_parsed_content("network")
+    net, generator = parser.get_parsed_content("network"), parser.get_parsed_content("generator")
     size = parser.get_parsed_content("image_size")
-    assert size == (128 if preset else meta["inputs"]["image"]["spatial_shape"][0])
-    x = torch.zeros(1, meta["inputs"]["image"]["num_channels"], size, size)
+    assert size == (128 if preset else meta["inputs"]["mask" if "mask" in meta["inputs"] else "image"]["spatial_shape"][0])
+    channels, side, _ = generator.codec.latent_shape((generator.data_channels, size, size))  # what the network sees
+    assert channels == meta["inputs"]["image"]["num_channels"]
+    assert preset or side == meta["inputs"]["image"]["spatial_shape"][0]
+    x = torch.zeros(1, channels, side, side)
     mask = torch.zeros(1, 4, size, size) if "mask" in meta["inputs"] else None
     labels = torch.tensor([3]) if "class_labels" in meta["inputs"] else None
     with torch.no_grad():
         out = net(x, torch.tensor([10]), mask=mask, class_labels=labels)
-    assert out.shape == (1, meta["outputs"]["pred"]["num_channels"], size, size)
+    assert out.shape == (1, meta["outputs"]["pred"]["num_channels"], side, side)
 
 
 @pytest.mark.parametrize("bundle", BUNDLES)
 def test_configs_parse_and_name_the_tracked_engines(bundle):
+    stages = [("train.yaml",)] + ([("train_autoencoder.yaml",), ("train.yaml", "train_diffusion.yaml")] if bundle == "ldm_cmr" else [])
+    for stage in stages:
+        parser = _parser(bundle, *stage)
+        for id_ in ("train#trainer", "train#handlers", "validate#evaluator", "validate#handlers", "initialize", "run"):
+            assert id_ in parser, f"{bundle} {stage}: {id_} missing (MONAI --tracking needs it)"
     parser = _parser(bundle, "train.yaml")
-    for id_ in ("train#trainer", "train#handlers", "validate#evaluator", "validate#handlers", "initialize", "run"):
-        assert id_ in parser, f"{bundle}: {id_} missing (MONAI --tracking needs it)"
     assert parser["experiment_name"] == bundle
     multi = _parser(bundle, "train.yaml", "multi_gpu_train.yaml")
     assert "DistributedSampler" in str(multi["train#sampler"])
@@ -74,11 +81,11 @@ def test_configs_parse_and_name_the_tracked_engines(bundle):
     assert stats["_target_"] == "StatsHandler" and "_disabled_" in stats
 
 
-@pytest.mark.parametrize("bundle", [*BUNDLES, "seg_utility"])
-def test_best_checkpoint_keeps_the_best_validation_score(bundle):
+@pytest.mark.parametrize("bundle, config", [(b, "train.yaml") for b in [*BUNDLES, "seg_utility"]] + [("ldm_cmr", "train_autoencoder.yaml")])
+def test_best_checkpoint_keeps_the_best_validation_score(bundle, config):
     """CheckpointSaver keeps the largest score unless told the metric is an error: its sign must follow the
     evaluator's metric_cmp_fn (a lower-is-better val_mse once made best_ema.pt keep the worst weights)."""
-    parser = _parser(bundle, "train.yaml")
+    parser = _parser(bundle, config)
     compare = parser.get("validate#evaluator#metric_cmp_fn")
     lower_is_better = bool(compare and ConfigParser({"f": compare}).get_parsed_content("f")(1.0, 2.0))
     savers = [h for h in parser["validate#handlers"] if isinstance(h, dict) and h.get("save_key_metric")]
@@ -96,10 +103,11 @@ def test_generator_bundles_share_their_common_configs(name):
 
 @pytest.mark.parametrize("name", ["train.yaml", "inference.yaml"])
 def test_image_generators_differ_only_in_their_objective(name):
-    """ddpm_cmr and fm_cmr share training and inference configs byte for byte, and every common.yaml key but the
-    objective's and its sampling defaults."""
-    ddpm, fm = ((REPO / "bundles" / b / "configs" / name).read_text() for b in ("ddpm_cmr", "fm_cmr"))
-    assert ddpm == fm
+    """ddpm_cmr, fm_cmr and ldm_cmr share training and inference configs byte for byte (ldm_cmr's latent space is
+    an overlay and a codec); ddpm_cmr and fm_cmr share every common.yaml key but the objective's and its sampling
+    defaults."""
+    texts = {b: (REPO / "bundles" / b / "configs" / name).read_text() for b in IMAGE_GENERATORS}
+    assert len(set(texts.values())) == 1, f"{name} differs between {sorted(texts)}"
     common = {b: ConfigParser.load_config_file(str(REPO / "bundles" / b / "configs" / "common.yaml")) for b in ("ddpm_cmr", "fm_cmr")}
     objective_keys = {"objective", "scheduler", "num_train_timesteps", "prediction_type", "sigma", "coupling", "sampler",
                       "num_inference_steps", "experiment_name", "generator"}

@@ -15,6 +15,7 @@ import torch
 from monai.networks.nets import DiffusionModelUNet, SPADEDiffusionModelUNet
 
 from cmrsynth.generative import ClassIndex, ConditionalDenoiser, guided
+from cmrsynth.generative.conditioning import _concat
 
 
 def _unet(in_channels=5, out_channels=1, classes=None):
@@ -70,3 +71,18 @@ def test_class_index_is_defined_once():
     none = ClassIndex([])
     assert none.num_classes == 0 and none.null_class is None and none.labels([{}]) is None
     assert none.plan(3) == [(None, None, None)] * 3
+
+
+def test_concat_resizes_a_full_resolution_mask_to_a_latent_grid():
+    seen = {}
+
+    def record(x, t, class_labels=None):
+        seen["input"] = x
+        return x[:, :1]
+
+    mask = _onehot(2, 16)
+    _concat(record, torch.zeros(2, 1, 4, 4), torch.tensor([1, 2]), mask, None)  # a 4x4 latent, a 16x16 mask
+    latent_mask = seen["input"][:, 1:]
+    assert latent_mask.shape == (2, 4, 4, 4)
+    torch.testing.assert_close(latent_mask.sum(1), torch.ones(2, 4, 4))  # shares of each structure per cell
+    torch.testing.assert_close(latent_mask[:, :, 0, 0], mask[:, :, :4, :4].mean((-2, -1)))

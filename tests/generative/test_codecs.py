@@ -1,0 +1,115 @@
+# Copyright (c) cmr-synth contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cmrsynth.errors import CMRDataError
+from cmrsynth.generative import AutoencoderCodec, ConditionalDenoiser, Generator, KLAutoencoder
+from tests.generative.helpers import OBJECTIVES, tiny_generator
+
+
+def tiny_autoencoder(seed: int = 0) -> KLAutoencoder:
+    torch.manual_seed(seed)
+    return KLAutoencoder(spatial_dims=2, in_channels=1, out_channels=1, channels=(8, 8, 8), num_res_blocks=1,
+                         attention_levels=(False, False, False), latent_channels=2, norm_num_groups=4,
+                         with_encoder_nonlocal_attn=False, with_decoder_nonlocal_attn=False)
+
+
+def tiny_latent_generator(seed: int = 0, mask_mode: str = "concat") -> Generator:
+    """A latent generator: a 16x16 slice is a 2 x 4 x 4 latent; the denoiser works on latents."""
+    base = tiny_generator(OBJECTIVES["ddpm"](), in_channels=6, out_channels=2, seed=seed)
+    return Generator(ConditionalDenoiser(base.denoiser.network, mask_mode), base.objective,
+                     codec=AutoencoderCodec(tiny_autoencoder(seed), downsampling=4), data_channels=1, image_size=16,
+                     sampler="ddim", num_inference_steps=3, name="ldm")
+
+
+def _slices(n=4, size=16):
+    return torch.rand((n, 1, size, size), generator=torch.Generator().manual_seed(0)) * 2 - 1
+
+
+def test_kl_autoencoder_reconstructs_through_a_sample_in_training_and_the_mean_in_eval():
+    ae = tiny_autoencoder()
+    x = _slices()
+    ae.train()
+    a, b = ae(x), ae(x)
+    assert a.shape == x.shape and not torch.equal(a, b) and ae.kl.item() > 0
+    ae.eval()
+    torch.testing.assert_close(ae(x), ae(x))
+    torch.testing.assert_close(ae(x), ae.decode(ae.encode(x)[0]))
+
+
+def test_codec_shapes_and_latent_scale_from_training_slices():
+    codec = AutoencoderCodec(tiny_autoencoder(), downsampling=4).eval()
+    assert codec.latent_shape((1, 64, 64)) == (2, 16, 16)
+    with pytest.raises(ValueError, match=r"slice size \(30, 30\) is not divisible by the autoencoder's factor 4"):
+        codec.latent_shape((1, 30, 30))
+    x = _slices(8)
+    raw_std = codec.encode(x).std().item()
+    scale = codec.calibrate([{"image": x[:4]}, {"image": x[4:]}])
+    assert scale == pytest.approx(1 / raw_std, rel=1e-4)
+    z = codec.encode(x)
+    assert z.shape == (8, 2, 4, 4) and z.std().item() == pytest.approx(1.0, rel=1e-4)
+    torch.testing.assert_close(codec.decode(z), codec.autoencoder.decode(z / scale))  # decode undoes the scale
+    with pytest.raises(ValueError, match="no training batches"):
+        codec.calibrate([])
+
+
+def test_codec_loads_stage_one_weights_and_names_a_missing_or_unfit_file(tmp_path):
+    trained, fresh = AutoencoderCodec(tiny_autoencoder(1), 4), AutoencoderCodec(tiny_autoencoder(2), 4)
+    path = tmp_path / "checkpoint_final.pt"
+    torch.save({"autoencoder": trained.autoencoder.state_dict(), "discriminator": {}}, path)
+    x = _slices()
+    assert not torch.equal(fresh.encode(x), trained.encode(x))
+    torch.testing.assert_close(fresh.load_autoencoder(path).encode(x), trained.encode(x))
+    with pytest.raises(CMRDataError, match="missing.pt: trained autoencoder not found: run configs/train_autoencoder.yaml"):
+        fresh.load_autoencoder(tmp_path / "missing.pt")
+    torch.save({"autoencoder": tiny_autoencoder().encoder.state_dict()}, tmp_path / "other.pt")
+    with pytest.raises(CMRDataError, match="other.pt: weights do not fit the configured autoencoder"):
+        fresh.load_autoencoder(tmp_path / "other.pt")
+
+
+@pytest.mark.parametrize("mask_mode", ["concat", "spade"])
+def test_latent_generator_samples_in_latent_space_and_decodes_to_pixels(mask_mode):
+    if mask_mode == "spade":
+        from monai.networks.nets import SPADEDiffusionModelUNet
+
+        gen = tiny_latent_generator()
+        gen.network = ConditionalDenoiser(SPADEDiffusionModelUNet(2, 2, 2, label_nc=4, channels=(8, 8), attention_levels=(False, False),
+                                                                  num_res_blocks=1, norm_num_groups=8), "spade")
+    else:
+        gen = tiny_latent_generator()
+    mask = torch.nn.functional.one_hot(torch.randint(0, 4, (3, 16, 16)), 4).permute(0, 3, 1, 2).float()
+    seen = []
+    out, nfe = gen.eval().sample(mask=mask, callback=lambda i, z: seen.append(z.shape))
+    assert out.shape == (3, 1, 16, 16) and nfe == 3 and seen[0] == (3, 2, 4, 4)
+    loss = gen.loss_at(_slices(3), 0.5, mask=mask)  # white-box attacks score latents of the slices
+    assert loss.shape == (3,) and torch.isfinite(loss).all()
+
+
+def test_checkpoint_carries_the_codec_and_is_refused_without_it(tmp_path):
+    trained = tiny_latent_generator(seed=1)
+    trained.codec.calibrate([{"image": _slices()}])
+    path = tmp_path / "checkpoint_final.pt"
+    torch.save({"ema": trained.network.state_dict(), "codec": trained.codec.state_dict(), "card": trained.card.state_dict()}, path)
+    fresh = tiny_latent_generator(seed=2).load_checkpoint(path)
+    assert fresh.codec.scale_factor.item() == trained.codec.scale_factor.item() != 1.0
+    mask = torch.nn.functional.one_hot(torch.randint(0, 4, (2, 16, 16)), 4).permute(0, 3, 1, 2).float()
+    draw = lambda g: g.eval().sample(mask=mask, generator=torch.Generator().manual_seed(0))[0]  # noqa: E731
+    torch.testing.assert_close(draw(fresh), draw(trained))
+    torch.save({"ema": trained.network.state_dict(), "card": trained.card.state_dict()}, tmp_path / "no_codec.pt")
+    with pytest.raises(CMRDataError, match="no_codec.pt: checkpoint holds no codec weights; ldm needs its autoencoder_kl"):
+        fresh.load_checkpoint(tmp_path / "no_codec.pt")
+    pixel = tiny_generator(OBJECTIVES["ddpm"]())
+    with pytest.raises(CMRDataError, match=r"another generator \(codec: 'identity' in the file, 'autoencoder_kl' here"):
+        torch.save({"ema": pixel.network.state_dict(), "card": pixel.card.state_dict()}, tmp_path / "pixel.pt")
+        fresh.load_checkpoint(tmp_path / "pixel.pt")
