@@ -96,3 +96,25 @@ def test_generate_images_refuses_masks_outside_the_label_schema(tmp_path):
     with pytest.raises(ValueError, match="unknown sampler 'plms'"):
         generate_images(tiny_generator(ddpm_objective()), root / "datalist.json", tmp_path / "o", mask_key="test", sampler="plms")
     assert not (tmp_path / "o").exists()
+
+
+def test_reconstructions_are_scored_and_an_identity_codec_is_perfect(tmp_path):
+    from cmrsynth.generate import reconstruct_images
+    from cmrsynth.generative import AutoencoderCodec, IdentityCodec
+    from tests.generative.test_codecs import tiny_autoencoder
+
+    root = _real_masks(tmp_path)
+    d = json.loads((root / "datalist.json").read_text())
+    for i, e in enumerate(d["test"]):
+        image = np.random.default_rng(i).uniform(-1, 1, (16, 16)).astype(np.float32)
+        nib.save(nib.Nifti1Image(image, np.eye(4)), str(root / f"image{i}.nii.gz"))
+        e["image"] = f"image{i}.nii.gz"
+    (root / "datalist.json").write_text(json.dumps(d))
+    exact = reconstruct_images(IdentityCodec(), root / "datalist.json", tmp_path / "identity", key="test")
+    assert exact["slices"] == 3 and exact["ssim_mean"] == pytest.approx(1.0) and exact["psnr_mean"] > 100
+    lossy = reconstruct_images(AutoencoderCodec(tiny_autoencoder(), 4), root / "datalist.json", tmp_path / "ae", key="test")
+    assert lossy["ssim_mean"] < 0.9 and lossy["psnr_mean"] < 40  # an untrained autoencoder loses the image
+    d = json.loads((tmp_path / "ae" / "datalist.json").read_text())
+    assert len(d["training"]) == 3 and "do not share" in d["description"] and (tmp_path / "ae" / "reconstructions.png").is_file()
+    lab = np.asanyarray(nib.load(tmp_path / "ae" / d["training"][0]["label"]).dataobj)
+    assert (lab == np.asanyarray(nib.load(root / "labels" / "p0.nii.gz").dataobj)).all()  # scored against the true mask

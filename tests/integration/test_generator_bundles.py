@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 
+import nibabel as nib
 import pytest
 import torch
 from monai.data import load_decathlon_datalist
@@ -28,7 +29,7 @@ from cmrsynth.data.prepare import PrepareConfig, prepare_cohort
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.integration
-MASKS, IMAGES, FLOW = REPO / "bundles" / "mask_generator", REPO / "bundles" / "ddpm_cmr", REPO / "bundles" / "fm_cmr"
+MASKS, IMAGES, FLOW, LATENT = (REPO / "bundles" / b for b in ("mask_generator", "ddpm_cmr", "fm_cmr", "ldm_cmr"))
 AUDIT = REPO / "bundles" / "privacy_audit"
 TINY = {"image_size": 32, "channels": [8, 16], "attention_levels": [False, True], "norm_num_groups": 8,
         "num_head_channels": 8, "batch_size": 8, "epoch_length": 3, "val_interval": 1}
@@ -69,13 +70,13 @@ def test_masks_then_images_chain(prepared, tmp_path):
     _check_privacy_audit(prepared, dd, out / "datalist.json")
 
 
-def _check_privacy_audit(prepared, generator_root, synthetic, bundle=IMAGES):
+def _check_privacy_audit(prepared, generator_root, synthetic, bundle=IMAGES, overrides=None):
     """privacy_audit runs on a trained generator bundle: attack table, leakage, report; the release gate writes its
     record. Only the generator's bundle and root change between generators."""
     audit = generator_root / "audit"
     run_bundle(AUDIT, ["audit.yaml"], audit, {
         "generator_bundle": str(bundle), "generator_root": str(generator_root), "real_datalist": str(prepared / "datalist.json"),
-        "synthetic_datalist": str(synthetic), "generator_overrides": _tiny(class_conditional=True), "noise_levels": [0.05, 0.1],
+        "synthetic_datalist": str(synthetic), "generator_overrides": overrides or _tiny(class_conditional=True), "noise_levels": [0.05, 0.1],
         "slices_per_patient": 2})
     result = json.loads((audit / "eval" / "audit" / "audit.json").read_text())
     n = len(json.loads(synthetic.read_text())["training"])
@@ -120,6 +121,42 @@ def test_fm_cmr_train_infer_audit(prepared, tmp_path):
         assert (out / "provenance.json").is_file() and "patient" not in json.dumps(summaries[sampler])
     assert summaries["midpoint"]["nfe"] == 4 and summaries["dopri5"]["nfe"] > 4
     _check_privacy_audit(prepared, fm, fm / "eval" / "midpoint" / "datalist.json", bundle=FLOW)
+
+
+def test_ldm_cmr_autoencoder_then_diffusion_then_inference_and_audit(prepared, tmp_path):
+    """ldm_cmr as users run it: stage 1 (resumed after a stop, MLflow), stage 2 refused until stage 1 exists, then
+    SPADE-conditioned latent diffusion with classes, images for real masks, and the unchanged privacy audit."""
+    from mlflow.tracking import MlflowClient
+
+    ldm = tmp_path / "ldm"
+    tiny = _tiny(autoencoder_channels=[8, 16], mask_mode="spade", class_conditional=True)
+    stage2 = ["common.yaml", "train.yaml", "train_diffusion.yaml"]
+    with pytest.raises(RuntimeError):
+        run_bundle(LATENT, stage2, ldm, {**tiny, "dataset_dir": str(prepared), "max_epochs": 1}, log=tmp_path / "refused.log")
+    assert "models/autoencoder/checkpoint_final.pt: trained autoencoder not found: run configs/train_autoencoder.yaml" in (
+        tmp_path / "refused.log").read_text()
+    assert not list(ldm.rglob("*.pt"))
+    for epochs in (1, 2):  # the second run resumes the first
+        run_bundle(LATENT, ["common.yaml", "train_autoencoder.yaml"], ldm, {**tiny, "dataset_dir": str(prepared), "max_epochs": epochs,
+                   "adversarial_warmup": 2}, extra_args=["--tracking", "mlflow"], env={"MLFLOW_TRACKING_URI": ""})
+    assert trainer_progress(ldm / "models" / "autoencoder" / "checkpoint_final.pt") == {"epoch": 2, "iteration": 6}
+    assert (ldm / "models" / "autoencoder" / "best_autoencoder.pt").is_file()
+    [exp] = [e for e in MlflowClient(f"sqlite:///{ldm / 'eval' / 'mlflow.db'}").search_experiments() if e.name == "ldm_cmr"]
+    runs = MlflowClient(f"sqlite:///{ldm / 'eval' / 'mlflow.db'}").search_runs([exp.experiment_id])
+    assert any("val_ssim" in r.data.metrics and "train_loss" in r.data.metrics for r in runs)
+
+    run_bundle(LATENT, stage2, ldm, {**tiny, "dataset_dir": str(prepared), "max_epochs": 1, "condition_dropout": 0.2})
+    state = torch.load(ldm / "models" / "checkpoint_final.pt", weights_only=False)
+    assert state["card"]["codec"] == "autoencoder_kl" and state["codec"]["scale_factor"].item() > 0
+    assert "codec" in torch.load(ldm / "models" / "best_ema.pt", weights_only=False)
+    out = ldm / "eval" / "images"
+    run_bundle(LATENT, INFER, ldm, {**tiny, "mask_datalist": str(prepared / "datalist.json"), "mask_key": "test",
+                                    "num_inference_steps": 3, "guidance_scale": 2.0})
+    summary = json.loads((out / "datalist.json").read_text())["summary"]
+    assert summary["nfe"] == 3 and summary["generated"] == len(json.loads((prepared / "datalist.json").read_text())["test"])
+    image = nib.load(out / json.loads((out / "datalist.json").read_text())["training"][0]["image"])
+    assert image.shape == (32, 32)  # decoded back to pixels
+    _check_privacy_audit(prepared, ldm, out / "datalist.json", bundle=LATENT, overrides=tiny)
 
 
 def test_a_generator_refuses_a_checkpoint_of_another_bundle(prepared, tmp_path):
