@@ -34,9 +34,10 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from cmrsynth.benchmark import (REPO, draw_images, load_section, machine, parser, prepared_acdc, replace_marked,
-                                training_facts, write_benchmark)
-from cmrsynth.bundle_run import run_bundle, trainer_progress
+from cmrsynth import benchmark
+from cmrsynth.benchmark import (REPO, dice_cells, draw_images, load_section, machine, parser, prepared_acdc, replace_marked,
+                                score_fidelity, strongest_attack, sweep_table, training_facts, write_benchmark)
+from cmrsynth.bundle_run import run_bundle
 
 BUNDLES = REPO / "bundles"
 FM, DDPM, SEG, AUDIT = (BUNDLES / b for b in ("fm_cmr", "ddpm_cmr", "seg_utility", "privacy_audit"))
@@ -62,28 +63,12 @@ def train_fixed(bundle: str, data: Path, root: Path, epochs: int, args) -> dict:
 
 def train_segmenter(name: str, sources: list[dict], real: Path, work: Path, args) -> dict:
     """seg_utility trained for a fixed number of steps on ``sources``, scored on the real test patients."""
-    root = work / "seg_utility_fm" / name
-    if not (root / "models" / "checkpoint_final.pt").is_file():
-        run_bundle(SEG, TRAIN, root, {"real_datalist": str(real), "sources": sources, "max_epochs": args.seg_steps // 50,
-                                      "epoch_length": 50, "seed": args.seed, "progress_bar": False}, log=root / "train.log",
-                   env=_env(args))
-    out = root / "eval" / "acdc_test"
-    if not (out / "metrics.json").is_file():
-        run_bundle(SEG, ["common.yaml", "evaluate.yaml"], root, {"real_datalist": str(real), "eval_key": "test",
-                   "eval_dir": str(out)}, log=root / "evaluate.log", env=_env(args))
-    metrics = json.loads((out / "metrics.json").read_text())
-    composed = json.loads((root / "models" / "training_set.json").read_text())["training"]
-    return {"training_slices": len(composed), **trainer_progress(root / "models" / "checkpoint_final.pt"),
-            "patients": metrics["patients"], "summary": metrics["summary"]}
+    return benchmark.train_segmenter(work / "seg_utility_fm" / name, sources, real, args.seg_steps, args.seed, args.threads)
 
 
 def fidelity(datalist: Path, real: Path, scorer: Path, out: Path, args) -> dict:
-    """fidelity.yaml of seg_utility: the real-only segmenter scores an image set against the real test slices."""
-    if not (out / "fidelity.json").is_file():
-        run_bundle(SEG, ["common.yaml", "fidelity.yaml"], scorer, {"real_datalist": str(real), "synthetic_datalist": str(datalist),
-                   "fidelity_dir": str(out), "seed": args.seed}, log=out.parent / f"{out.name}.log", env=_env(args))
-    scores = json.loads((out / "fidelity.json").read_text())
-    return {k: scores[k] for k in ("n_synthetic", "fd_seg", "kid_seg", "mask_faithfulness", "diversity", "paired") if k in scores}
+    """The real-only segmenter scores an image set against the real test slices."""
+    return score_fidelity(datalist, real, scorer, out, args.seed, args.threads)
 
 
 def sweep(work: Path, roots: dict, real: Path, scorer: Path, args) -> list[dict]:
@@ -218,29 +203,6 @@ def main() -> None:
     render(result)
 
 
-def _dice(summary: dict, structure: str) -> str:
-    cells = [summary.get(f"{phase}/dice_{structure}", {}).get("mean", float("nan")) for phase in ("ED", "ES")]
-    return " / ".join(f"{c:.3f}" for c in cells)
-
-
-def _strongest(audit: dict) -> str:
-    name, m = max(audit["membership"].items(), key=lambda kv: kv[1]["auc"]["value"])
-    return f"{name} {m['auc']['value']:.2f} [{m['auc']['ci95'][0]:.2f}, {m['auc']['ci95'][1]:.2f}]"
-
-
-def sweep_table(result: dict) -> str:
-    """Seconds per slice and fidelity per sampler setting."""
-    rows = ["| generator | sampler | NFE | s / slice | faithfulness Dice LV / MYO / RV | FD x100 | KID x10^4 | SSIM to real | pairwise MS-SSIM (lower = more varied) |",
-            "|---|---|---|---|---|---|---|---|---|"]
-    for r in result["sweep"]:
-        m, paired = r["mask_faithfulness"], r.get("paired") or {}
-        steps = f"-{r['steps']}" if r["steps"] else ""
-        rows.append(f"| {r['generator']} | {r['sampler']}{steps} | {r['nfe']} | {r['seconds_per_slice']:.3f} | "
-                    f"{m['lv']:.3f} / {m['myo']:.3f} / {m['rv']:.3f} | {100 * r['fd_seg']:.2f} | {1e4 * r['kid_seg']:.2f} | "
-                    f"{paired.get('ssim', float('nan')):.3f} | {r['diversity']['synthetic']:.3f} |")
-    return "\n".join(rows)
-
-
 def paper_table(result: dict) -> str:
     """The paper's comparison so far: DDPM and FM side by side (fidelity, utility, privacy, time)."""
     u, rows = result["utility"], []
@@ -254,18 +216,18 @@ def paper_table(result: dict) -> str:
          lambda b: " / ".join(f"{pick[b]['mask_faithfulness'][k]:.3f}" for k in ("lv", "myo", "rv")))
     line("FD x100 / KID x10^4 on segmenter features (real test masks)",
          lambda b: f"{100 * pick[b]['fd_seg']:.2f} / {1e4 * pick[b]['kid_seg']:.2f}")
-    line("synthetic-only segmenter, Dice LV ED / ES", lambda b: _dice(u[f"synthetic ({b})"]["summary"], "lv"))
-    line("synthetic-only segmenter, Dice RV ED / ES", lambda b: _dice(u[f"synthetic ({b})"]["summary"], "rv"))
-    line("few10+syn segmenter, Dice LV ED / ES", lambda b: _dice(u[f"few10+syn ({b})"]["summary"], "lv"))
-    line("few10+syn segmenter, Dice RV ED / ES", lambda b: _dice(u[f"few10+syn ({b})"]["summary"], "rv"))
+    line("synthetic-only segmenter, Dice LV ED / ES", lambda b: dice_cells(u[f"synthetic ({b})"]["summary"], "lv"))
+    line("synthetic-only segmenter, Dice RV ED / ES", lambda b: dice_cells(u[f"synthetic ({b})"]["summary"], "rv"))
+    line("few10+syn segmenter, Dice LV ED / ES", lambda b: dice_cells(u[f"few10+syn ({b})"]["summary"], "lv"))
+    line("few10+syn segmenter, Dice RV ED / ES", lambda b: dice_cells(u[f"few10+syn ({b})"]["summary"], "rv"))
     if "privacy" in result:
         p = result["privacy"]
-        line("strongest white-box attack, ROC AUC [95 % CI]", lambda b: _strongest(p[b]))
+        line("strongest white-box attack, ROC AUC [95 % CI]", lambda b: strongest_attack(p[b]))
         line("reconstruction attack (RMS), ROC AUC", lambda b: f"{p[b]['reconstruction']['membership']['neg_rms']['auc']['value']:.2f}")
         line("near copies, pixel / feature space", lambda b: " / ".join(
             f"{p[b]['leakage'][s]['near_copies']} of {p[b]['leakage'][s]['synthetic']}" for s in ("pixel", "feature") if s in p[b]["leakage"]))
-    base = [f"Baselines: real-only segmenter Dice LV ED / ES {_dice(u['real']['summary'], 'lv')}, RV {_dice(u['real']['summary'], 'rv')}; "
-            f"few10 LV {_dice(u['few10']['summary'], 'lv')}, RV {_dice(u['few10']['summary'], 'rv')}."]
+    base = [f"Baselines: real-only segmenter Dice LV ED / ES {dice_cells(u['real']['summary'], 'lv')}, RV {dice_cells(u['real']['summary'], 'rv')}; "
+            f"few10 LV {dice_cells(u['few10']['summary'], 'lv')}, RV {dice_cells(u['few10']['summary'], 'rv')}."]
     return "\n".join(head + rows + [""] + base)
 
 
@@ -277,12 +239,9 @@ def render(result: dict) -> None:
                  f"{b} {t[b]['iteration']} steps in {t[b]['training_wall_seconds'] / 60:.0f} min" for b in t)
              + f". Segmenters: {result['segmenter_steps']} steps each, scored per patient volume on the 10 test patients.")
     n = result["sweep"][0]["n_synthetic"]
-    text = "\n\n".join([facts, paper_table(result), f"NFE sweep on the {n} real test masks (batch 16):", sweep_table(result)])
+    text = "\n\n".join([facts, paper_table(result), f"NFE sweep on the {n} real test masks (batch 16):", sweep_table(result["sweep"])])
     replace_marked(FM / "docs" / "README.md", "results", text)
-    replace_marked(DDPM / "docs" / "README.md", "comparison", paper_table(result))
-    readme = REPO / "README.md"
-    head, rest = readme.read_text().split("<!-- fm-stage -->", 1)
-    readme.write_text(head + "<!-- fm-stage -->" + stage_cell(result) + "<!-- /fm-stage -->" + rest.split("<!-- /fm-stage -->", 1)[1])
+    replace_marked(REPO / "README.md", "fm-stage", stage_cell(result), inline=True)
 
 
 def stage_cell(result: dict) -> str:

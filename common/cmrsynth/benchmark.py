@@ -18,7 +18,6 @@ import platform
 import time
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import torch
 
@@ -77,15 +76,17 @@ def training_rows(r: dict, conditioning: str | None = None) -> list[str]:
             f"| final validation MSE, raw vs EMA weights | {v['raw']:.4f} vs {v['ema']:.4f} |"]
 
 
-def replace_marked(path: str | Path, name: str, text: str) -> None:
-    """Replace the text between ``<!-- name -->`` and ``<!-- /name -->`` in a docs file (rendered results)."""
+def replace_marked(path: str | Path, name: str, text: str, inline: bool = False) -> None:
+    """Replace the text between ``<!-- name -->`` and ``<!-- /name -->`` in a docs file (rendered results);
+    ``inline`` keeps it on the markers' line (a table cell)."""
     path = Path(path)
     doc = path.read_text()
     start, end = f"<!-- {name} -->", f"<!-- /{name} -->"
     if start not in doc or end not in doc:
         raise ValueError(f"{path}: markers {start} ... {end} not found")
     head, rest = doc.split(start, 1)
-    path.write_text(head + start + "\n" + text.strip() + "\n" + end + rest.split(end, 1)[1])
+    gap = "" if inline else "\n"
+    path.write_text(head + start + gap + text.strip() + gap + end + rest.split(end, 1)[1])
 
 
 def untrained_generator(root: Path, seed: int, bundle: str = "ddpm_cmr") -> Path:
@@ -222,3 +223,63 @@ def validation_losses(bundle: Path, data: Path, root: Path, overrides: dict | No
         errors = [((model(x_t, **kw) - target) ** 2).mean().item() for x_t, target, _, kw in map(prepare, loader)]
         result[name] = float(np.mean(errors))
     return result
+
+
+SEG_UTILITY = REPO / "bundles" / "seg_utility"
+
+
+def train_segmenter(root: Path, sources: list[dict], real: Path, steps: int, seed: int, threads: int) -> dict:
+    """seg_utility trained for a fixed number of steps on ``sources`` into ``root`` (skipped when its final checkpoint
+    exists), scored per patient volume on the real test patients."""
+    from cmrsynth.bundle_run import run_bundle, trainer_progress
+
+    env = {"OMP_NUM_THREADS": str(threads)}
+    if not (root / "models" / "checkpoint_final.pt").is_file():
+        run_bundle(SEG_UTILITY, ["common.yaml", "train.yaml"], root, {"real_datalist": str(real), "sources": sources,
+                   "max_epochs": steps // 50, "epoch_length": 50, "seed": seed, "progress_bar": False}, log=root / "train.log", env=env)
+    out = root / "eval" / "acdc_test"
+    if not (out / "metrics.json").is_file():
+        run_bundle(SEG_UTILITY, ["common.yaml", "evaluate.yaml"], root, {"real_datalist": str(real), "eval_key": "test",
+                   "eval_dir": str(out)}, log=root / "evaluate.log", env=env)
+    metrics = json.loads((out / "metrics.json").read_text())
+    composed = json.loads((root / "models" / "training_set.json").read_text())["training"]
+    return {"training_slices": len(composed), **trainer_progress(root / "models" / "checkpoint_final.pt"),
+            "patients": metrics["patients"], "summary": metrics["summary"]}
+
+
+def score_fidelity(datalist: Path, real: Path, scorer: Path, out: Path, seed: int, threads: int) -> dict:
+    """fidelity.yaml of seg_utility: the real-only segmenter at ``scorer`` scores an image set against the real test
+    slices (skipped when ``out`` holds a result)."""
+    from cmrsynth.bundle_run import run_bundle
+
+    if not (out / "fidelity.json").is_file():
+        run_bundle(SEG_UTILITY, ["common.yaml", "fidelity.yaml"], scorer, {"real_datalist": str(real), "synthetic_datalist": str(datalist),
+                   "fidelity_dir": str(out), "seed": seed}, log=out.parent / f"{out.name}.log", env={"OMP_NUM_THREADS": str(threads)})
+    scores = json.loads((out / "fidelity.json").read_text())
+    keys = ("n_synthetic", "fd_seg", "kid_seg", "mask_faithfulness", "real_dice", "diversity", "paired")
+    return {k: scores[k] for k in keys if k in scores}
+
+
+def dice_cells(summary: dict, structure: str) -> str:
+    """'ED / ES' mean Dice of one structure from a seg_utility metrics summary."""
+    cells = [summary.get(f"{phase}/dice_{structure}", {}).get("mean", float("nan")) for phase in ("ED", "ES")]
+    return " / ".join(f"{c:.3f}" for c in cells)
+
+
+def strongest_attack(audit: dict) -> str:
+    """The white-box attack with the highest ROC AUC in an audit.json, with its 95 % interval."""
+    name, m = max(audit["membership"].items(), key=lambda kv: kv[1]["auc"]["value"])
+    return f"{name} {m['auc']['value']:.2f} [{m['auc']['ci95'][0]:.2f}, {m['auc']['ci95'][1]:.2f}]"
+
+
+def sweep_table(rows: list[dict]) -> str:
+    """Markdown table of sampler settings: NFE, seconds per slice and fidelity scored by the real-only segmenter."""
+    lines = ["| generator | sampler | NFE | s / slice | faithfulness Dice LV / MYO / RV | FD x100 | KID x10^4 | SSIM to real | pairwise MS-SSIM (lower = more varied) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        m, paired = r["mask_faithfulness"], r.get("paired") or {}
+        steps = f"-{r['steps']}" if r["steps"] else ""
+        lines.append(f"| {r['generator']} | {r['sampler']}{steps} | {r['nfe']} | {r['seconds_per_slice']:.3f} | "
+                     f"{m['lv']:.3f} / {m['myo']:.3f} / {m['rv']:.3f} | {100 * r['fd_seg']:.2f} | {1e4 * r['kid_seg']:.2f} | "
+                     f"{paired.get('ssim', float('nan')):.3f} | {r['diversity']['synthetic']:.3f} |")
+    return "\n".join(lines)
