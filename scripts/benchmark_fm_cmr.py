@@ -35,12 +35,13 @@ import nibabel as nib
 import numpy as np
 
 from cmrsynth import benchmark
-from cmrsynth.benchmark import (REPO, dice_cells, draw_images, load_section, machine, parser, prepared_acdc, replace_marked,
-                                score_fidelity, strongest_attack, sweep_table, training_facts, write_benchmark)
+from cmrsynth.benchmark import (REPO, audit_generator, comparison_table, draw_images, load_section, machine, parser,
+                                prepared_acdc, replace_marked, sampler_sweep, score_fidelity, sweep_table, training_facts,
+                                write_benchmark)
 from cmrsynth.bundle_run import run_bundle
 
 BUNDLES = REPO / "bundles"
-FM, DDPM, SEG, AUDIT = (BUNDLES / b for b in ("fm_cmr", "ddpm_cmr", "seg_utility", "privacy_audit"))
+FM, DDPM = (BUNDLES / b for b in ("fm_cmr", "ddpm_cmr"))
 TRAIN = ["common.yaml", "train.yaml"]
 #: (bundle, sampler, steps) of the NFE sweep on the real test masks.
 SWEEP = [("fm_cmr", "euler", n) for n in (1, 2, 5, 10, 20)] + [("fm_cmr", "midpoint", n) for n in (1, 5, 10)] + [
@@ -73,16 +74,7 @@ def fidelity(datalist: Path, real: Path, scorer: Path, out: Path, args) -> dict:
 
 def sweep(work: Path, roots: dict, real: Path, scorer: Path, args) -> list[dict]:
     """Every (generator, sampler, steps) of SWEEP on the real test masks: time, NFE and fidelity."""
-    rows = []
-    for bundle, sampler, steps in SWEEP:
-        name = f"{bundle}_{sampler}{steps or ''}"
-        datalist = draw_images(roots[bundle], real, "test", work / "sweep" / name, args.seed + 1, args.threads, bundle,
-                               {"sampler": sampler, "num_inference_steps": steps})
-        summary = json.loads(datalist.read_text())["summary"]
-        rows.append({"generator": bundle, "sampler": sampler, "steps": steps, "nfe": summary["nfe"],
-                     "seconds_per_slice": round(summary["seconds_per_image"], 4),
-                     **fidelity(datalist, real, scorer, work / "sweep" / "fidelity" / name, args)})
-    return rows
+    return sampler_sweep(SWEEP, roots, real, scorer, work / "sweep", args.seed + 1, args.threads)
 
 
 def synthetic_sets(work: Path, roots: dict, args) -> dict[str, Path]:
@@ -111,18 +103,7 @@ def utility(work: Path, real: Path, synthetic: dict[str, Path], args) -> dict:
 
 def privacy(work: Path, roots: dict, real: Path, synthetic: dict[str, Path], scorer: Path, args) -> dict:
     """privacy_audit of each image generator, the same config with only the generator's bundle and root changed."""
-    out = {}
-    for b in ("ddpm_cmr", "fm_cmr"):
-        folder = work / "privacy_fm" / b
-        if not (folder / "audit.json").is_file():
-            run_bundle(AUDIT, ["audit.yaml"], work / "privacy_fm", {
-                "generator_bundle": str(BUNDLES / b), "generator_root": str(roots[b]), "real_datalist": str(real),
-                "synthetic_datalist": str(synthetic[b]), "output_dir": str(folder), "feature_encoder_root": str(scorer),
-                "feature_encoder_bundle": str(SEG)}, log=work / "privacy_fm" / f"{b}.log", env=_env(args))
-        audit = json.loads((folder / "audit.json").read_text())
-        audit["leakage"].pop("synthetic_to_train", None)
-        out[b] = audit
-    return out
+    return {b: audit_generator(b, roots[b], real, synthetic[b], scorer, work / "privacy_fm" / b, args.threads) for b in ("ddpm_cmr", "fm_cmr")}
 
 
 def figures(work: Path, real: Path, result: dict) -> None:
@@ -205,30 +186,11 @@ def main() -> None:
 
 def paper_table(result: dict) -> str:
     """The paper's comparison so far: DDPM and FM side by side (fidelity, utility, privacy, time)."""
-    u, rows = result["utility"], []
-    head = ["| | ddpm_cmr (DDIM-50) | fm_cmr (" + result["default_sampler"] + ") |", "|---|---|---|"]
     sweep = {f"{r['generator']}_{r['sampler']}{r['steps'] or ''}": r for r in result["sweep"]}
     pick = {"ddpm_cmr": sweep["ddpm_cmr_ddim50"], "fm_cmr": sweep[f"fm_cmr_{result['default_sampler']}"]}
-    line = lambda label, f: rows.append(f"| {label} | {f('ddpm_cmr')} | {f('fm_cmr')} |")  # noqa: E731
-    line("training steps", lambda b: f"{result['training'][b]['iteration']}")
-    line("NFE, seconds per slice", lambda b: f"{pick[b]['nfe']}, {pick[b]['seconds_per_slice']:.3f}")
-    line("mask faithfulness Dice LV / MYO / RV (real test masks)",
-         lambda b: " / ".join(f"{pick[b]['mask_faithfulness'][k]:.3f}" for k in ("lv", "myo", "rv")))
-    line("FD x100 / KID x10^4 on segmenter features (real test masks)",
-         lambda b: f"{100 * pick[b]['fd_seg']:.2f} / {1e4 * pick[b]['kid_seg']:.2f}")
-    line("synthetic-only segmenter, Dice LV ED / ES", lambda b: dice_cells(u[f"synthetic ({b})"]["summary"], "lv"))
-    line("synthetic-only segmenter, Dice RV ED / ES", lambda b: dice_cells(u[f"synthetic ({b})"]["summary"], "rv"))
-    line("few10+syn segmenter, Dice LV ED / ES", lambda b: dice_cells(u[f"few10+syn ({b})"]["summary"], "lv"))
-    line("few10+syn segmenter, Dice RV ED / ES", lambda b: dice_cells(u[f"few10+syn ({b})"]["summary"], "rv"))
-    if "privacy" in result:
-        p = result["privacy"]
-        line("strongest white-box attack, ROC AUC [95 % CI]", lambda b: strongest_attack(p[b]))
-        line("reconstruction attack (RMS), ROC AUC", lambda b: f"{p[b]['reconstruction']['membership']['neg_rms']['auc']['value']:.2f}")
-        line("near copies, pixel / feature space", lambda b: " / ".join(
-            f"{p[b]['leakage'][s]['near_copies']} of {p[b]['leakage'][s]['synthetic']}" for s in ("pixel", "feature") if s in p[b]["leakage"]))
-    base = [f"Baselines: real-only segmenter Dice LV ED / ES {dice_cells(u['real']['summary'], 'lv')}, RV {dice_cells(u['real']['summary'], 'rv')}; "
-            f"few10 LV {dice_cells(u['few10']['summary'], 'lv')}, RV {dice_cells(u['few10']['summary'], 'rv')}."]
-    return "\n".join(head + rows + [""] + base)
+    columns = {"ddpm_cmr": "ddpm_cmr (DDIM-50)", "fm_cmr": f"fm_cmr ({result['default_sampler']})"}
+    steps = ("training steps", lambda b: f"{result['training'][b]['iteration']}")
+    return comparison_table(columns, [steps], pick, result["utility"], result.get("privacy"))
 
 
 def render(result: dict) -> None:

@@ -40,12 +40,13 @@ import nibabel as nib
 import numpy as np
 
 from cmrsynth import benchmark
-from cmrsynth.benchmark import (REPO, dice_cells, draw_images, load_section, machine, parser, prepared_acdc, replace_marked,
-                                score_fidelity, strongest_attack, sweep_table, training_facts, write_benchmark)
+from cmrsynth.benchmark import (REPO, audit_generator, comparison_table, draw_images, load_section, machine, parser,
+                                prepared_acdc, replace_marked, sampler_sweep, score_fidelity, sweep_table, training_facts,
+                                write_benchmark)
 from cmrsynth.bundle_run import run_bundle, trainer_progress
 
 BUNDLES = REPO / "bundles"
-LDM, FM, DDPM, SEG, AUDIT = (BUNDLES / b for b in ("ldm_cmr", "fm_cmr", "ddpm_cmr", "seg_utility", "privacy_audit"))
+LDM, FM, DDPM = (BUNDLES / b for b in ("ldm_cmr", "fm_cmr", "ddpm_cmr"))
 GENERATORS = ("ddpm_cmr", "fm_cmr", "ldm_cmr")
 #: each generator's default sampler, the setting its synthetic set, utility and privacy rows use.
 DEFAULT = {"ddpm_cmr": ("ddim", 50), "fm_cmr": ("euler", 10), "ldm_cmr": ("ddim", 50)}
@@ -101,32 +102,12 @@ def reconstruction(root: Path, real: Path, scorer: Path, args) -> dict:
 
 def sweep(work: Path, roots: dict, real: Path, scorer: Path, args) -> list[dict]:
     """Every (generator, sampler, steps) of SWEEP on the real test masks: time, NFE and fidelity, in this run."""
-    rows = []
-    for bundle, sampler, steps in SWEEP:
-        name = f"{bundle}_{sampler}{steps}"
-        datalist = draw_images(roots[bundle], real, "test", work / "sweep_ldm" / name, args.seed + 1, args.threads, bundle,
-                               {"sampler": sampler, "num_inference_steps": steps})
-        summary = json.loads(datalist.read_text())["summary"]
-        rows.append({"generator": bundle, "sampler": sampler, "steps": steps, "nfe": summary["nfe"],
-                     "seconds_per_slice": round(summary["seconds_per_image"], 4),
-                     **score_fidelity(datalist, real, scorer, work / "sweep_ldm" / "fidelity" / name, args.seed, args.threads)})
-    return rows
+    return sampler_sweep(SWEEP, roots, real, scorer, work / "sweep_ldm", args.seed + 1, args.threads)
 
 
 def privacy(work: Path, roots: dict, real: Path, synthetic: dict[str, Path], scorer: Path, args) -> dict:
     """privacy_audit of each generator (ddpm_cmr's and fm_cmr's from benchmark_fm_cmr.py's run when present)."""
-    out = {}
-    for b in GENERATORS:
-        folder = work / "privacy_fm" / b
-        if not (folder / "audit.json").is_file():
-            run_bundle(AUDIT, ["audit.yaml"], work / "privacy_fm", {
-                "generator_bundle": str(BUNDLES / b), "generator_root": str(roots[b]), "real_datalist": str(real),
-                "synthetic_datalist": str(synthetic[b]), "output_dir": str(folder), "feature_encoder_root": str(scorer),
-                "feature_encoder_bundle": str(SEG)}, log=work / "privacy_fm" / f"{b}.log", env=_env(args))
-        audit = json.loads((folder / "audit.json").read_text())
-        audit["leakage"].pop("synthetic_to_train", None)
-        out[b] = audit
-    return out
+    return {b: audit_generator(b, roots[b], real, synthetic[b], scorer, work / "privacy_fm" / b, args.threads) for b in GENERATORS}
 
 
 def figures(work: Path, real: Path, result: dict) -> None:
@@ -224,32 +205,16 @@ def _training_cell(result: dict, b: str) -> str:
 
 def paper_table(result: dict) -> str:
     """The paper's comparison, measured here: DDPM, FM and LDM side by side on one split and one set of masks."""
-    u, pick, rows = result["utility"], _pick(result), []
-    head = ["| | " + " | ".join(f"{b} ({s}-{n})" for b, (s, n) in DEFAULT.items()) + " |", "|---" * 4 + "|"]
-    line = lambda label, f: rows.append(f"| {label} | " + " | ".join(f(b) for b in GENERATORS) + " |")  # noqa: E731
-    line("training (CPU, 2 threads)", lambda b: _training_cell(result, b))
-    line("NFE, seconds per slice (this run)", lambda b: f"{pick[b]['nfe']}, {pick[b]['seconds_per_slice']:.3f}")
-    line("mask faithfulness Dice LV / MYO / RV (real test masks)",
-         lambda b: " / ".join(f"{pick[b]['mask_faithfulness'][k]:.3f}" for k in ("lv", "myo", "rv")))
-    line("FD x100 / KID x10^4 on segmenter features (real test masks)",
-         lambda b: f"{100 * pick[b]['fd_seg']:.2f} / {1e4 * pick[b]['kid_seg']:.2f}")
-    line("SSIM to the real image of the same mask", lambda b: f"{(pick[b].get('paired') or {}).get('ssim', float('nan')):.3f}")
-    line("synthetic-only segmenter, Dice LV ED / ES", lambda b: dice_cells(u[f"synthetic ({b})"]["summary"], "lv"))
-    line("synthetic-only segmenter, Dice RV ED / ES", lambda b: dice_cells(u[f"synthetic ({b})"]["summary"], "rv"))
-    line("few10+syn segmenter, Dice LV ED / ES", lambda b: dice_cells(u[f"few10+syn ({b})"]["summary"], "lv"))
-    line("few10+syn segmenter, Dice RV ED / ES", lambda b: dice_cells(u[f"few10+syn ({b})"]["summary"], "rv"))
-    if "privacy" in result:
-        p = result["privacy"]
-        line("strongest white-box attack, ROC AUC [95 % CI]", lambda b: strongest_attack(p[b]))
-        line("reconstruction attack (RMS), ROC AUC", lambda b: f"{p[b]['reconstruction']['membership']['neg_rms']['auc']['value']:.2f}")
-        line("near copies, pixel / feature space", lambda b: " / ".join(
-            f"{p[b]['leakage'][s]['near_copies']} of {p[b]['leakage'][s]['synthetic']}" for s in ("pixel", "feature") if s in p[b]["leakage"]))
-    base = (f"Baselines: real-only segmenter Dice LV ED / ES {dice_cells(u['real']['summary'], 'lv')}, RV {dice_cells(u['real']['summary'], 'rv')}; "
-            f"few10 LV {dice_cells(u['few10']['summary'], 'lv')}, RV {dice_cells(u['few10']['summary'], 'rv')}. Real test images scored by the "
-            "same segmenter (faithfulness ceiling): LV / MYO / RV " + " / ".join(f"{pick['ldm_cmr']['real_dice'][k]:.3f}" for k in ("lv", "myo", "rv")) + ".")
+    pick = _pick(result)
+    columns = {b: f"{b} ({s}-{n})" for b, (s, n) in DEFAULT.items()}
+    training = ("training (CPU, 2 threads)", lambda b: _training_cell(result, b))
+    table = comparison_table(columns, [training], pick, result["utility"], result.get("privacy"))
+    ceiling = ("Real test images scored by the same segmenter (the faithfulness ceiling): LV / MYO / RV "
+               + " / ".join(f"{pick['ldm_cmr']['real_dice'][k]:.3f}" for k in ("lv", "myo", "rv")) + ".")
     source = (f"Measured by scripts/benchmark_ldm_cmr.py on {result['machine']['date']} ({result['data']}); ddpm_cmr and fm_cmr weights, "
-              "masks and segmenters from scripts/benchmark_fm_cmr.py on the same split; sampling times of all three in one run.")
-    return "\n".join([source, ""] + head + rows + ["", base])
+              "generated masks and segmenters from scripts/benchmark_fm_cmr.py on the same split; the sampling times of all three "
+              "in one run.")
+    return "\n".join([source, "", table, ceiling])
 
 
 def reconstruction_table(result: dict) -> str:

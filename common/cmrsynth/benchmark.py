@@ -283,3 +283,70 @@ def sweep_table(rows: list[dict]) -> str:
                      f"{m['lv']:.3f} / {m['myo']:.3f} / {m['rv']:.3f} | {100 * r['fd_seg']:.2f} | {1e4 * r['kid_seg']:.2f} | "
                      f"{paired.get('ssim', float('nan')):.3f} | {r['diversity']['synthetic']:.3f} |")
     return "\n".join(lines)
+
+
+def audit_generator(bundle: str, generator_root: Path, real: Path, synthetic: Path, scorer: Path, folder: Path, threads: int) -> dict:
+    """privacy_audit of one generator bundle into ``folder`` (skipped when it holds an audit.json); the same config
+    for every generator, only its bundle and root change. Returns the audit without its per-image leakage list."""
+    from cmrsynth.bundle_run import run_bundle
+
+    if not (folder / "audit.json").is_file():
+        run_bundle(REPO / "bundles" / "privacy_audit", ["audit.yaml"], folder.parent, {
+            "generator_bundle": str(REPO / "bundles" / bundle), "generator_root": str(generator_root), "real_datalist": str(real),
+            "synthetic_datalist": str(synthetic), "output_dir": str(folder), "feature_encoder_root": str(scorer),
+            "feature_encoder_bundle": str(SEG_UTILITY)}, log=folder.parent / f"{bundle}.log", env={"OMP_NUM_THREADS": str(threads)})
+    audit = json.loads((folder / "audit.json").read_text())
+    audit["leakage"].pop("synthetic_to_train", None)
+    return audit
+
+
+def comparison_table(columns: dict[str, str], first_rows: list[tuple[str, object]], pick: dict[str, dict], utility: dict,
+                     privacy: dict | None = None) -> str:
+    """Generators side by side: ``first_rows`` ((label, cell function of the bundle)), then sampling cost and fidelity
+    of each generator's ``pick`` (its sweep row), segmenter utility, privacy, and the segmenter baselines.
+
+    Args:
+        columns: bundle name -> column header.
+        utility: seg_utility results by mode ("real", "few10", "synthetic (<bundle>)", "few10+syn (<bundle>)").
+        privacy: audit.json contents by bundle, or None.
+    """
+    rows = [f"| | {' | '.join(columns.values())} |", "|---" * (len(columns) + 1) + "|"]
+    line = lambda label, f: rows.append(f"| {label} | " + " | ".join(f(b) for b in columns) + " |")  # noqa: E731
+    for label, cell in first_rows:
+        line(label, cell)
+    line("NFE, seconds per slice", lambda b: f"{pick[b]['nfe']}, {pick[b]['seconds_per_slice']:.3f}")
+    line("mask faithfulness Dice LV / MYO / RV (real test masks)",
+         lambda b: " / ".join(f"{pick[b]['mask_faithfulness'][k]:.3f}" for k in ("lv", "myo", "rv")))
+    line("FD x100 / KID x10^4 on segmenter features (real test masks)",
+         lambda b: f"{100 * pick[b]['fd_seg']:.2f} / {1e4 * pick[b]['kid_seg']:.2f}")
+    line("SSIM to the real image of the same mask", lambda b: f"{(pick[b].get('paired') or {}).get('ssim', float('nan')):.3f}")
+    for mode in ("synthetic-only", "few10+syn"):
+        key = "synthetic" if mode == "synthetic-only" else mode
+        for structure in ("lv", "rv"):
+            line(f"{mode} segmenter, Dice {structure.upper()} ED / ES", lambda b: dice_cells(utility[f"{key} ({b})"]["summary"], structure))
+    if privacy:
+        line("strongest white-box attack, ROC AUC [95 % CI]", lambda b: strongest_attack(privacy[b]))
+        line("reconstruction attack (RMS), ROC AUC", lambda b: f"{privacy[b]['reconstruction']['membership']['neg_rms']['auc']['value']:.2f}")
+        line("near copies, pixel / feature space", lambda b: " / ".join(
+            f"{privacy[b]['leakage'][s]['near_copies']} of {privacy[b]['leakage'][s]['synthetic']}" for s in ("pixel", "feature")
+            if s in privacy[b]["leakage"]))
+    u = utility
+    rows += ["", f"Baselines: real-only segmenter Dice LV ED / ES {dice_cells(u['real']['summary'], 'lv')}, RV "
+             f"{dice_cells(u['real']['summary'], 'rv')}; few10 LV {dice_cells(u['few10']['summary'], 'lv')}, RV {dice_cells(u['few10']['summary'], 'rv')}."]
+    return "\n".join(rows)
+
+
+def sampler_sweep(settings: list[tuple], roots: dict[str, Path], real: Path, scorer: Path, folder: Path, seed: int,
+                  threads: int) -> list[dict]:
+    """Each (bundle, sampler, steps) draws images for the real test masks into ``folder``: NFE, seconds per slice and
+    fidelity scored by the real-only segmenter at ``scorer`` (settings already drawn are read back)."""
+    rows = []
+    for bundle, sampler, steps in settings:
+        name = f"{bundle}_{sampler}{steps or ''}"
+        datalist = draw_images(roots[bundle], real, "test", folder / name, seed, threads, bundle,
+                               {"sampler": sampler, "num_inference_steps": steps})
+        summary = json.loads(datalist.read_text())["summary"]
+        rows.append({"generator": bundle, "sampler": sampler, "steps": steps, "nfe": summary["nfe"],
+                     "seconds_per_slice": round(summary["seconds_per_image"], 4),
+                     **score_fidelity(datalist, real, scorer, folder / "fidelity" / name, seed, threads)})
+    return rows
