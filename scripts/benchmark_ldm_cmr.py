@@ -47,11 +47,15 @@ from cmrsynth.bundle_run import run_bundle, trainer_progress
 
 BUNDLES = REPO / "bundles"
 LDM, FM, DDPM = (BUNDLES / b for b in ("ldm_cmr", "fm_cmr", "ddpm_cmr"))
-GENERATORS = ("ddpm_cmr", "fm_cmr", "ldm_cmr")
+#: ldm_cmr's validation-best EMA weights (best_ema.pt of the same run), evaluated beside its final weights.
+BEST = "ldm_cmr_bestval"
+GENERATORS = ("ddpm_cmr", "fm_cmr", "ldm_cmr", BEST)
+BUNDLE_OF = {BEST: "ldm_cmr"}
 #: each generator's default sampler, the setting its synthetic set, utility and privacy rows use.
-DEFAULT = {"ddpm_cmr": ("ddim", 50), "fm_cmr": ("euler", 10), "ldm_cmr": ("ddim", 50)}
-#: (bundle, sampler, steps) timed and scored on the real test masks in this run.
-SWEEP = [("ldm_cmr", "ddim", 50), ("ldm_cmr", "ddim", 10), ("ddpm_cmr", "ddim", 50), ("ddpm_cmr", "ddim", 10), ("fm_cmr", "euler", 10)]
+DEFAULT = {"ddpm_cmr": ("ddim", 50), "fm_cmr": ("euler", 10), "ldm_cmr": ("ddim", 50), BEST: ("ddim", 50)}
+#: (generator, sampler, steps) timed and scored on the real test masks in this run.
+SWEEP = [("ldm_cmr", "ddim", 50), ("ldm_cmr", "ddim", 10), ("ddpm_cmr", "ddim", 50), ("ddpm_cmr", "ddim", 10), ("fm_cmr", "euler", 10),
+         (BEST, "ddim", 50), (BEST, "ddim", 10)]
 
 
 def _env(args) -> dict:
@@ -86,6 +90,16 @@ def train_diffusion(root: Path, data: Path, args) -> dict:
     return {"planned_steps": args.epochs * 200, **training_facts(root)}
 
 
+def best_val_root(root: Path, out: Path) -> Path:
+    """A run folder whose checkpoint_final.pt is ``root``'s best_ema.pt (EMA weights at the lowest validation loss,
+    with their codec), so every bundle config and the audit load them as they load final weights."""
+    final = out / "models" / "checkpoint_final.pt"
+    if not final.is_file():
+        final.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(root / "models" / "best_ema.pt", final)
+    return out
+
+
 def reconstruction(root: Path, real: Path, scorer: Path, args) -> dict:
     """PSNR / SSIM of the autoencoder on validation and test slices; the segmenter's Dice on the test reconstructions."""
     out = {}
@@ -102,12 +116,13 @@ def reconstruction(root: Path, real: Path, scorer: Path, args) -> dict:
 
 def sweep(work: Path, roots: dict, real: Path, scorer: Path, args) -> list[dict]:
     """Every (generator, sampler, steps) of SWEEP on the real test masks: time, NFE and fidelity, in this run."""
-    return sampler_sweep(SWEEP, roots, real, scorer, work / "sweep_ldm", args.seed + 1, args.threads)
+    return sampler_sweep(SWEEP, roots, real, scorer, work / "sweep_ldm", args.seed + 1, args.threads, BUNDLE_OF)
 
 
 def privacy(work: Path, roots: dict, real: Path, synthetic: dict[str, Path], scorer: Path, args) -> dict:
     """privacy_audit of each generator (ddpm_cmr's and fm_cmr's from benchmark_fm_cmr.py's run when present)."""
-    return {b: audit_generator(b, roots[b], real, synthetic[b], scorer, work / "privacy_fm" / b, args.threads) for b in GENERATORS}
+    return {b: audit_generator(BUNDLE_OF.get(b, b), roots[b], real, synthetic[b], scorer, work / "privacy_fm" / b, args.threads)
+            for b in GENERATORS}
 
 
 def figures(work: Path, real: Path, result: dict) -> None:
@@ -165,9 +180,10 @@ def main() -> None:
                           "ddpm_cmr": fm_result["training"]["ddpm_cmr"], "fm_cmr": fm_result["training"]["fm_cmr"]}
     write_benchmark(path, result)
     result["reconstruction"] = reconstruction(roots["ldm_cmr"], real, scorer, args)
+    roots[BEST] = best_val_root(roots["ldm_cmr"], work / BEST)
     result["sweep"] = sweep(work, roots, real, scorer, args)
     write_benchmark(path, result)
-    synthetic = {b: draw_images(roots[b], masks, "synthetic", work / "synthetic_fm" / b, args.seed + 1, args.threads, b)
+    synthetic = {b: draw_images(roots[b], masks, "synthetic", work / "synthetic_fm" / b, args.seed + 1, args.threads, BUNDLE_OF.get(b, b))
                  for b in GENERATORS}
     result["synthetic_sets"] = {b: json.loads(d.read_text())["summary"] for b, d in synthetic.items()}
     result["synthetic_fidelity"] = {b: score_fidelity(d, real, scorer, work / "synthetic_fm" / "fidelity" / b, args.seed, args.threads)
@@ -194,8 +210,15 @@ def _pick(result: dict) -> dict:
     return {b: rows[(b, *DEFAULT[b])] for b in GENERATORS}
 
 
+def _best_epoch(result: dict) -> int:
+    curve = result["training"]["diffusion"]["validation_curve"]
+    return min(curve, key=lambda c: c["val_mse_ema"])["epoch"]
+
+
 def _training_cell(result: dict, b: str) -> str:
     t = result["training"]
+    if b == BEST:
+        return f"the same run's EMA at epoch {_best_epoch(result)} of {t['diffusion']['epoch']} (lowest validation loss)"
     if b != "ldm_cmr":
         return f"{t[b]['iteration']} steps, {t[b]['training_wall_seconds'] / 60:.0f} min"
     ae, dm = t["autoencoder"], t["diffusion"]
@@ -206,7 +229,8 @@ def _training_cell(result: dict, b: str) -> str:
 def paper_table(result: dict) -> str:
     """The paper's comparison, measured here: DDPM, FM and LDM side by side on one split and one set of masks."""
     pick = _pick(result)
-    columns = {b: f"{b} ({s}-{n})" for b, (s, n) in DEFAULT.items()}
+    columns = {b: f"{BUNDLE_OF.get(b, b)} ({s}-{n})" for b, (s, n) in DEFAULT.items()}
+    columns[BEST] = f"ldm_cmr, validation-best weights ({DEFAULT[BEST][0]}-{DEFAULT[BEST][1]})"
     training = ("training (CPU, 2 threads)", lambda b: _training_cell(result, b))
     table = comparison_table(columns, [training], pick, result["utility"], result.get("privacy"))
     ceiling = ("Real test images scored by the same segmenter (the faithfulness ceiling): LV / MYO / RV "

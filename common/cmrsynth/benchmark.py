@@ -294,7 +294,7 @@ def audit_generator(bundle: str, generator_root: Path, real: Path, synthetic: Pa
         run_bundle(REPO / "bundles" / "privacy_audit", ["audit.yaml"], folder.parent, {
             "generator_bundle": str(REPO / "bundles" / bundle), "generator_root": str(generator_root), "real_datalist": str(real),
             "synthetic_datalist": str(synthetic), "output_dir": str(folder), "feature_encoder_root": str(scorer),
-            "feature_encoder_bundle": str(SEG_UTILITY)}, log=folder.parent / f"{bundle}.log", env={"OMP_NUM_THREADS": str(threads)})
+            "feature_encoder_bundle": str(SEG_UTILITY)}, log=folder.parent / f"{folder.name}.log", env={"OMP_NUM_THREADS": str(threads)})
     audit = json.loads((folder / "audit.json").read_text())
     audit["leakage"].pop("synthetic_to_train", None)
     return audit
@@ -337,16 +337,20 @@ def comparison_table(columns: dict[str, str], first_rows: list[tuple[str, object
 
 
 def sampler_sweep(settings: list[tuple], roots: dict[str, Path], real: Path, scorer: Path, folder: Path, seed: int,
-                  threads: int) -> list[dict]:
-    """Each (bundle, sampler, steps) draws images for the real test masks into ``folder``: NFE, seconds per slice and
-    fidelity scored by the real-only segmenter at ``scorer`` (settings already drawn are read back)."""
+                  threads: int, bundles: dict[str, str] | None = None) -> list[dict]:
+    """Each (generator, sampler, steps) draws images for the real test masks into ``folder``: NFE, seconds per slice
+    and fidelity scored by the real-only segmenter at ``scorer`` (settings already drawn are read back).
+
+    A generator is a key of ``roots`` (its run folder) and names its bundle, unless ``bundles`` maps it to another
+    (e.g. a second run folder of the same bundle holding other weights).
+    """
     rows = []
-    for bundle, sampler, steps in settings:
-        name = f"{bundle}_{sampler}{steps or ''}"
-        datalist = draw_images(roots[bundle], real, "test", folder / name, seed, threads, bundle,
+    for key, sampler, steps in settings:
+        name = f"{key}_{sampler}{steps or ''}"
+        datalist = draw_images(roots[key], real, "test", folder / name, seed, threads, (bundles or {}).get(key, key),
                                {"sampler": sampler, "num_inference_steps": steps})
         summary = json.loads(datalist.read_text())["summary"]
-        rows.append({"generator": bundle, "sampler": sampler, "steps": steps, "nfe": summary["nfe"],
+        rows.append({"generator": key, "sampler": sampler, "steps": steps, "nfe": summary["nfe"],
                      "seconds_per_slice": round(summary["seconds_per_image"], 4),
                      **score_fidelity(datalist, real, scorer, folder / "fidelity" / name, seed, threads)})
     return rows

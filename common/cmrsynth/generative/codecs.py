@@ -29,6 +29,15 @@ from monai.networks.nets import AutoencoderKL
 from cmrsynth.errors import CMRDataError
 
 
+def load_module_weights(module: nn.Module, weights: dict, path: str | Path, what: str) -> None:
+    """``load_state_dict`` that names the file and the first mismatch instead of a PyTorch traceback."""
+    try:
+        module.load_state_dict(weights)
+    except RuntimeError as e:
+        problem = str(e).split("\n\t")[1] if "\n\t" in str(e) else str(e).splitlines()[0]
+        raise CMRDataError(path, f"weights do not fit {what} ({problem.strip()[:200]})") from None
+
+
 class IdentityCodec:
     """Pixel space: encode and decode are the identity."""
 
@@ -116,23 +125,16 @@ class AutoencoderCodec(nn.Module):
         if not path.is_file():
             raise CMRDataError(path, "trained autoencoder not found: run configs/train_autoencoder.yaml first")
         state = torch.load(path, map_location="cpu", weights_only=True)
-        try:
-            self.autoencoder.load_state_dict(state.get(key, state))
-        except RuntimeError as e:
-            raise CMRDataError(path, f"weights do not fit the configured autoencoder ({str(e).splitlines()[0][:200]})") from None
+        load_module_weights(self.autoencoder, state.get(key, state), path, "the configured autoencoder")
         return self
 
     @torch.no_grad()
-    def calibrate(self, batches: Iterable, image_key: str = "image", max_batches: int | None = None) -> float:
+    def calibrate(self, batches: Iterable, image_key: str = "image") -> float:
         """Set ``scale_factor`` to 1 / std of the unscaled latent means of ``batches`` (the training slices)."""
         from cmrsynth.generative.training import plain_tensor
 
         device = self.scale_factor.device
-        latents = []
-        for i, batch in enumerate(batches):
-            if max_batches is not None and i >= max_batches:
-                break
-            latents.append(self.autoencoder.encode(plain_tensor(batch[image_key], device))[0])
+        latents = [self.autoencoder.encode(plain_tensor(batch[image_key], device))[0] for batch in batches]
         if not latents:
             raise ValueError("no training batches to calibrate the latent scale on")
         self.scale_factor.fill_(1.0 / torch.cat(latents).std().clamp(min=1e-6))

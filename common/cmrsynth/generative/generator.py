@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 
 from cmrsynth.errors import CMRDataError
-from cmrsynth.generative.codecs import IdentityCodec
+from cmrsynth.generative.codecs import IdentityCodec, load_module_weights
 from cmrsynth.generative.conditioning import ClassIndex, guided
 from cmrsynth.generative.objectives import Objective
 from cmrsynth.generative.samplers import get_sampler
@@ -209,22 +209,13 @@ class Generator:
             self.card.check(state["card"], path)
         else:
             logging.getLogger(__name__).warning(f"{path}: no generator card; cannot check it was written for {self.name}")
-        _load_weights(self.network, state.get(key, state), path, f"{self.name}'s network")
+        load_module_weights(self.network, state.get(key, state), path, f"{self.name}'s network")
         if isinstance(self.codec, nn.Module):  # a codec with weights (an autoencoder) travels in the checkpoint
             if "codec" not in state:
                 raise CMRDataError(path, f"checkpoint holds no codec weights; {self.name} needs its {self.codec.name}")
-            _load_weights(self.codec, state["codec"], path, f"{self.name}'s {self.codec.name}")
+            load_module_weights(self.codec, state["codec"], path, f"{self.name}'s {self.codec.name}")
         self.checkpoint = str(path)
         return self
-
-
-def _load_weights(module: nn.Module, weights: dict, path: Path, what: str) -> None:
-    """``load_state_dict`` that names the file and the first mismatch instead of a PyTorch traceback."""
-    try:
-        module.load_state_dict(weights)
-    except RuntimeError as e:
-        problem = str(e).split("\n\t")[1] if "\n\t" in str(e) else str(e).splitlines()[0]
-        raise CMRDataError(path, f"weights do not fit {what} ({problem.strip()[:200]})") from None
 
 
 class GeneratorCard:
