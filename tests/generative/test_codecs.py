@@ -27,7 +27,9 @@ def tiny_autoencoder(seed: int = 0) -> KLAutoencoder:
 
 def tiny_latent_generator(seed: int = 0, mask_mode: str = "concat") -> Generator:
     """A latent generator: a 16x16 slice is a 2 x 4 x 4 latent; the denoiser works on latents."""
-    base = tiny_generator(OBJECTIVES["ddpm"](), in_channels=6, out_channels=2, seed=seed)
+    objective = OBJECTIVES["ddpm"]()
+    objective.clip_sample = False
+    base = tiny_generator(objective, in_channels=6, out_channels=2, seed=seed)
     return Generator(ConditionalDenoiser(base.denoiser.network, mask_mode), base.objective,
                      codec=AutoencoderCodec(tiny_autoencoder(seed), downsampling=4), data_channels=1, image_size=16,
                      sampler="ddim", num_inference_steps=3, name="ldm")
@@ -113,3 +115,11 @@ def test_checkpoint_carries_the_codec_and_is_refused_without_it(tmp_path):
     with pytest.raises(CMRDataError, match=r"another generator \(codec: 'identity' in the file, 'autoencoder_kl' here"):
         torch.save({"ema": pixel.network.state_dict(), "card": pixel.card.state_dict()}, tmp_path / "pixel.pt")
         fresh.load_checkpoint(tmp_path / "pixel.pt")
+
+
+def test_a_latent_generator_refuses_clipping_latents_to_the_pixel_range():
+    """DDIM clamps its x0 estimate to [-1, 1] for pixels; in a latent space of unit variance that clamp ruined
+    samples, more with more steps (measured: faithfulness LV Dice 0.37 at DDIM-50 against 0.83 at DDIM-10)."""
+    base = tiny_generator(OBJECTIVES["ddpm"]())
+    with pytest.raises(ValueError, match=r"ldm: the objective clamps x0 to the pixel range \[-1, 1\].*set clip_sample: false"):
+        Generator(base.network, base.objective, codec=AutoencoderCodec(tiny_autoencoder(), 4), name="ldm")
