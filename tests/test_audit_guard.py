@@ -121,3 +121,15 @@ def test_nearest_other_skips_equal_labels():
     assert i.tolist() == [0] and d == pytest.approx([0.1])
     with pytest.raises(ValueError, match="differ in size"):
         nearest_other(np.zeros((1, 2)), refs)
+
+
+def test_release_gate_calibrates_without_held_out_copies(unchecked, tmp_path):
+    """Held-out copies of members would pull the gate's threshold to 0 and let planted training slices through."""
+    from cmrsynth.audit import release
+
+    syn = Path(shutil.copytree(unchecked, tmp_path / "synthetic"))
+    planted = json.loads((syn / "datalist.json").read_text())["training"][:3]
+    (syn / "datalist.json").write_text(json.dumps({"training": planted}))
+    record = release(syn / "datalist.json", unchecked / "datalist.json", syn / "released.json")
+    assert record["holdout_near_copies_left_out"] == COPIES and record["holdout_patients"] == 2
+    assert record["kept"] == 0 and all("closer to a training slice" in r["reason"] for r in record["removed"])

@@ -291,12 +291,15 @@ def release(synthetic_datalist: str | Path, real_datalist: str | Path, out_path:
     """The release gate: drop synthetic slices closer (pixel RMS) to a training slice than the holdout-calibrated
     threshold, slices whose mask is closer to a training mask than held-out masks are (same quantile), and slices
     drawn from a training patient's own mask (found through ``provenance.json``); write the filtered datalist (same
-    folder layout) and a record of what was removed and why."""
+    folder layout) and a record of what was removed and why. Held-out patients that are near-copies of training
+    patients (``check_non_members``) are left out of the calibration and named in the record."""
     syn_path = Path(synthetic_datalist)
     syn_json = syn_path / "datalist.json" if syn_path.is_dir() else syn_path
     syn = load_section(syn_json, key)
     train = load_section(real_datalist, "training")
-    holdout = [e for s in NON_MEMBER_SECTIONS for e in load_section(real_datalist, s)]
+    holdout = [{**e, "role": "non_member"} for s in NON_MEMBER_SECTIONS for e in load_section(real_datalist, s)]
+    copies = sorted(f["patient"] for f in check_non_members(holdout, train)["flagged"])  # they would pull the threshold to 0
+    holdout = [e for e in holdout if e["patient"] not in copies]
     if not syn:
         raise CMRDataError(syn_json, f"no synthetic slices under {key!r}")
     train_images = np.stack([e["array"] for e in train])
@@ -321,7 +324,8 @@ def release(synthetic_datalist: str | Path, real_datalist: str | Path, out_path:
                for e, d, md, n, m, nm, k in zip(syn, d_syn, mask_dice, near, member_mask, near_mask, keep) if not k]
     record = {"threshold": threshold, "mask_dice_threshold": mask_threshold, "quantile": quantile, "kept": int(keep.sum()),
               "removed": removed,
-              "synthetic_datalist": str(syn_json), "holdout_patients": len({e.get("patient") for e in holdout})}
+              "synthetic_datalist": str(syn_json), "holdout_patients": len({e.get("patient") for e in holdout}),
+              "holdout_near_copies_left_out": copies}
     out_path = Path(out_path)
     if out_path.parent.resolve() != syn_json.parent.resolve():
         raise ValueError(f"{out_path}: write the filtered datalist beside {syn_json.name} so its relative paths stay valid")
