@@ -43,8 +43,8 @@ from cmrsynth.data.prepare import PrepareConfig, read_cohort  # noqa: E402
 from cmrsynth.data.splits import split_patients  # noqa: E402
 from cmrsynth.errors import CMRDataError  # noqa: E402
 
-#: Planted copies: intensity scale and Gaussian noise sd as a fraction of the volume's intensity range.
-PLANTS = ((1.0, 0.0), (0.6, 0.01), (1.7, 0.03), (0.6, 0.05))
+#: Planted copies: intensity scale, and Gaussian noise sd as a fraction of the rescaled copy's intensity range.
+PLANTS = ((1.0, 0.0), (0.6, 0.005), (1.7, 0.01), (0.6, 0.02), (1.7, 0.03), (0.6, 0.05))
 
 
 def all_distances(stacks: list[dict]) -> tuple[np.ndarray, np.ndarray]:
@@ -72,7 +72,7 @@ def planted_copies(records, stacks: list[dict], every: int, seed: int) -> list[d
     for record, original in list(zip(records, stacks))[::every]:
         volumes = {p: load_volume(f.image, f.time_index)[0] for p, f in record.frames.items()}
         for scale, sd in PLANTS:
-            copy = {p: normalised_stack(scale * v + rng.normal(0, sd * float(np.ptp(v)), v.shape), GRID)
+            copy = {p: normalised_stack(scale * v + rng.normal(0, sd * scale * float(np.ptp(v)), v.shape), GRID)
                     for p, v in volumes.items()}
             rows.append({"patient": record.patient_id, "scale": scale, "noise_sd_of_range": sd,
                          "distance": round(pair_distance(original, copy), 4)})

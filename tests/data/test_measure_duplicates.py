@@ -38,7 +38,7 @@ def test_measures_the_copy_apart_from_distinct_pairs(phantom_cohort_master, tmp_
     [pair] = m["duplicate_pairs"]
     assert pair["distance"] < m["distinct_pairs"]["min"] / 3 and m["distinct_pairs"]["n"] == 14  # 15 pairs less the copy
     assert m["nearest_other_patient"]["patient103"]["patient"] == "patient003"
-    assert len(m["planted_copies"]) == 2 * 4 and m["planted_copies_max"]["scale 1, noise 0"] == 0.0
+    assert len(m["planted_copies"]) == 2 * 6 and m["planted_copies_max"]["scale 1, noise 0"] == 0.0
     # the copy sits in the same group as its original, so the plain split is kept or the pair moves together
     split = m["split"]
     assert all(len(set(g.values())) > 1 for g in split["plain_split_of_groups"]) == bool(split["straddling"])
