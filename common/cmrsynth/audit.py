@@ -66,7 +66,7 @@ def guarded_slices(datalist: str | Path, per_patient: int | None = 6, seed: int 
         (audited slices kept, the training section's slices, the check with ``excluded``: the patients left out).
     """
     audited = audit_slices(datalist, per_patient, seed)
-    train = load_section(Path(datalist) / "datalist.json" if Path(datalist).is_dir() else datalist, "training")
+    train = load_section(datalist, "training")
     check = check_non_members(audited, train)
     excluded = {f["patient"] for f in check["flagged"]}
     return [e for e in audited if e["patient"] not in excluded], train, {**check, "excluded": sorted(excluded)}

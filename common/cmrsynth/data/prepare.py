@@ -126,7 +126,8 @@ def prepare_cohort(
         overwrite: replace an existing output folder.
 
     Returns:
-        summary: slice counts per patient and split, totals, cropped-away foreground.
+        summary: slice counts per patient and split, totals, cropped-away foreground, the duplicate groups found
+        and the ids dropped.
 
     Raises:
         CMRDataError: the first bad file met, naming it and the problem (nothing is written).
