@@ -31,7 +31,7 @@ from pathlib import Path
 from cmrsynth.bundle_run import run_bundle
 from cmrsynth.data.acdc import read_acdc
 from cmrsynth.data.phantom import write_phantom_cohort
-from cmrsynth.data.prepare import PrepareConfig, prepare_cohort
+from cmrsynth.data.prepare import PrepareConfig, duplicate_lines, prepare_cohort
 from cmrsynth.errors import CMRDataError
 from cmrsynth.report import datalist_preview
 from cmrsynth.tracking import tracked_run, tracking_uri
@@ -98,7 +98,8 @@ def run(out: Path, n_per_group: int, size: int, seed: int, overwrite: bool, minu
         write_phantom_cohort(cohort, n_per_group=n_per_group, seed=seed, overwrite=overwrite)
         summary = prepare_cohort(read_acdc(cohort), out / "prepared", cfg, overwrite=overwrite)
         png = datalist_preview(out / "prepared", out / "prepared_slices.png")
-        t.log_metrics({"patients": summary["patients"], "slices": summary["slices"]})
+        t.log_metrics({"patients": summary["patients"], "slices": summary["slices"],
+                       "duplicate_groups": len(summary["duplicate_groups"])})
         t.log_artifact(png)
         t.log_artifact(out / "prepared" / "summary.json")
         if minutes > 0:
@@ -135,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"phantom cohort: {summary['patients']} patients, split {summary['patients_per_split']}")
     print(f"prepared slices: {summary['slices']} at {summary['size']}x{summary['size']} ({summary['spacing_mm']} mm), {summary['slices_per_split']}")
+    print("\n".join(duplicate_lines(summary)))
     if "generated" in summary:
         m, i = summary["generated"]["masks"], summary["generated"]["images"]
         print(f"synthetic masks: {m['generated']} ({m['plausibility_rate']:.0%} plausible) -> {out / 'mask_generator/eval/masks'}")

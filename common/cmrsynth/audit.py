@@ -12,7 +12,8 @@
 leakage of its synthetic set, and the release gate that removes near copies.
 
 Roles come from the prepared datalist: members are the generator's training patients (``training``), non-members
-the held-out patients of the same cohort (``validation`` and ``test``).
+the held-out patients of the same cohort (``validation`` and ``test``). Before any attack, non-members that are
+near-copies of members (one person under two ids) are found and left out (``cmrsynth.audit_guard``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cmrsynth.audit_guard import check_line, check_non_members
 from cmrsynth.data.atomic import write_json_atomic
 from cmrsynth.data.datalist import load_json, load_section
 from cmrsynth.errors import CMRDataError
@@ -54,6 +56,20 @@ def audit_slices(datalist: str | Path, per_patient: int | None = 6, seed: int = 
         idx = np.linspace(0, len(slices) - 1, min(per_patient or len(slices), len(slices))).round().astype(int)
         picked += [slices[i] for i in sorted(set(idx))]
     return picked
+
+
+def guarded_slices(datalist: str | Path, per_patient: int | None = 6, seed: int = 0) -> tuple[list[dict], list[dict], dict]:
+    """The audited slices less the non-member patients that are near-copies of members (``check_non_members``
+    against every training slice).
+
+    Returns:
+        (audited slices kept, the training section's slices, the check with ``excluded``: the patients left out).
+    """
+    audited = audit_slices(datalist, per_patient, seed)
+    train = load_section(datalist, "training")
+    check = check_non_members(audited, train)
+    excluded = {f["patient"] for f in check["flagged"]}
+    return [e for e in audited if e["patient"] not in excluded], train, {**check, "excluded": sorted(excluded)}
 
 
 def _bound(generator: Generator, entries: Sequence[dict], device) -> BoundModel:
@@ -130,15 +146,15 @@ def reconstruction_attack(mask_datalist: str | Path, mask_key: str, synthetic_da
 
 
 def _reconstruction(generator: Generator, real_datalist: str | Path, out_dir: Path, per_patient: int | None,
-                    batch_size: int, seed: int, device) -> dict:
-    """Draw an image from every audited slice's own mask with the generator's own sampler; run the reconstruction
-    attack."""
+                    batch_size: int, seed: int, device, exclude: frozenset[str] = frozenset()) -> dict:
+    """Draw an image from every audited slice's own mask with the generator's own sampler (patients in ``exclude``
+    left out); run the reconstruction attack."""
     from cmrsynth.generate import generate_images
 
     real = Path(real_datalist)
     base = (real if real.is_dir() else real.parent).absolute()
     chosen = [{**e, **{k: str(base / e[k]) for k in ("image", "label") if k in e}}  # absolute: this list lives elsewhere
-              for e in audit_slices(real_datalist, per_patient, seed, load=False)]
+              for e in audit_slices(real_datalist, per_patient, seed, load=False) if e["patient"] not in exclude]
     masks = out_dir / "reconstruction_masks.json"
     write_json_atomic(masks, {"audit": chosen})
     drawn = out_dir / "reconstruction"
@@ -275,12 +291,15 @@ def release(synthetic_datalist: str | Path, real_datalist: str | Path, out_path:
     """The release gate: drop synthetic slices closer (pixel RMS) to a training slice than the holdout-calibrated
     threshold, slices whose mask is closer to a training mask than held-out masks are (same quantile), and slices
     drawn from a training patient's own mask (found through ``provenance.json``); write the filtered datalist (same
-    folder layout) and a record of what was removed and why."""
+    folder layout) and a record of what was removed and why. Held-out patients that are near-copies of training
+    patients (``check_non_members``) are left out of the calibration and named in the record."""
     syn_path = Path(synthetic_datalist)
     syn_json = syn_path / "datalist.json" if syn_path.is_dir() else syn_path
     syn = load_section(syn_json, key)
     train = load_section(real_datalist, "training")
-    holdout = [e for s in NON_MEMBER_SECTIONS for e in load_section(real_datalist, s)]
+    holdout = [{**e, "role": "non_member"} for s in NON_MEMBER_SECTIONS for e in load_section(real_datalist, s)]
+    copies = sorted(f["patient"] for f in check_non_members(holdout, train)["flagged"])  # they would pull the threshold to 0
+    holdout = [e for e in holdout if e["patient"] not in copies]
     if not syn:
         raise CMRDataError(syn_json, f"no synthetic slices under {key!r}")
     train_images = np.stack([e["array"] for e in train])
@@ -305,7 +324,8 @@ def release(synthetic_datalist: str | Path, real_datalist: str | Path, out_path:
                for e, d, md, n, m, nm, k in zip(syn, d_syn, mask_dice, near, member_mask, near_mask, keep) if not k]
     record = {"threshold": threshold, "mask_dice_threshold": mask_threshold, "quantile": quantile, "kept": int(keep.sum()),
               "removed": removed,
-              "synthetic_datalist": str(syn_json), "holdout_patients": len({e.get("patient") for e in holdout})}
+              "synthetic_datalist": str(syn_json), "holdout_patients": len({e.get("patient") for e in holdout}),
+              "holdout_near_copies_left_out": copies}
     out_path = Path(out_path)
     if out_path.parent.resolve() != syn_json.parent.resolve():
         raise ValueError(f"{out_path}: write the filtered datalist beside {syn_json.name} so its relative paths stay valid")
@@ -360,7 +380,8 @@ def summary_lines(result: dict) -> list[str]:
 
 def report_markdown(result: dict) -> str:
     """A plain report a data-protection officer can read."""
-    lines = [f"# Privacy audit: {result['generator']}", "",
+    check = [check_line(result["non_member_check"]), ""] if "non_member_check" in result else []
+    lines = [f"# Privacy audit: {result['generator']}", "", *check,
              f"Members (the generator's training patients): {result['members']}; non-members (held-out patients of the "
              f"same cohort): {result['non_members']}. Scores are per patient (mean over up to {result['slices_per_patient']} "
              "slices). Attack success of 0.5 balanced accuracy / 0.5 AUC means the attacker cannot tell members apart.", "",
@@ -415,16 +436,17 @@ def run_audit(generator: Generator, real_datalist: str | Path, out_dir: str | Pa
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    slices = audit_slices(real_datalist, per_patient, seed)
+    slices, train, check = guarded_slices(real_datalist, per_patient, seed)
+    excluded = frozenset(check["excluded"])
     scores = attack_scores(generator, slices, levels, batch_size, device, seed)
     result = {"generator": generator.name, "checkpoint": generator.checkpoint, "real_datalist": str(real_datalist),
+              "non_member_check": check,
               "members": len({e["patient"] for e in slices if e["role"] == "member"}),
               "non_members": len({e["patient"] for e in slices if e["role"] == "non_member"}),
               "slices_per_patient": per_patient, "membership": membership_table(scores, slices, seed)}
     if synthetic_datalist:
         syn = load_section(synthetic_datalist, synthetic_key)
-        train = load_section(real_datalist, "training")
-        hold = [e for s in NON_MEMBER_SECTIONS for e in load_section(real_datalist, s)]
+        hold = [e for s in NON_MEMBER_SECTIONS for e in load_section(real_datalist, s) if e["patient"] not in excluded]
         stack = lambda es, k: np.stack([e[k] for e in es])  # noqa: E731
         images = [stack(es, "array") for es in (syn, train, hold)]
         encoder = _encode_once(encoder) if encoder is not None else None
@@ -434,12 +456,14 @@ def run_audit(generator: Generator, real_datalist: str | Path, out_dir: str | Pa
         _nearest_figure(images[0], images[1], np.array(result["leakage"]["synthetic_to_train"]), png)
         result["leakage"]["figure"] = png.name
     if reconstruction:
-        result["reconstruction"] = _reconstruction(generator, real_datalist, out_dir, per_patient, batch_size, seed, device)
+        result["reconstruction"] = _reconstruction(generator, real_datalist, out_dir, per_patient, batch_size, seed, device,
+                                                   excluded)
     write_json_atomic(out_dir / "audit.json", result)
     (out_dir / "audit.md").write_text(report_markdown(result))
     with tracked_run(out_dir, "privacy_audit", generator.name, {"per_patient": per_patient, "noise_levels": list(levels)},
                      tracking_uri) as run:
         run.log_metrics({f"{a}_auc": m["auc"]["value"] for a, m in result["membership"].items()})
+        run.log_metrics({"non_member_near_copies": len(check["excluded"])})
         if "reconstruction" in result:
             run.log_metrics({f"reconstruction_{a}_auc": m["auc"]["value"] for a, m in result["reconstruction"]["membership"].items()})
         if "leakage" in result:

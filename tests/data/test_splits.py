@@ -49,3 +49,49 @@ def test_every_patient_gets_one_split():
 def test_bad_fractions_are_refused(fractions):
     with pytest.raises(ValueError, match="fractions"):
         split_patients(_cohort(2), fractions)
+
+
+#: The split the algorithm gave before duplicate groups existed (commit 37b8a03), ACDC-sized cohort, seed 0; the
+#: committed benchmarks rely on the seed-0 split, so a cohort without duplicates must keep it exactly.
+FROZEN_SEED0 = {
+    "val": ["A09", "A12", "B07", "B09", "C00", "C01", "D05", "D10", "E01", "E03"],
+    "test": ["A01", "A08", "B00", "B03", "C10", "C11", "D00", "D12", "E02", "E12"],
+}
+
+
+def test_split_without_duplicates_is_the_frozen_one():
+    split = split_patients(_cohort(14), seed=0)
+    assert {s: sorted(p for p, v in split.items() if v == s) for s in ("val", "test")} == FROZEN_SEED0
+    assert split_patients(_cohort(14), seed=0, together=[]) == split
+    small = split_patients(_cohort(4), seed=0)
+    assert sorted(p for p, v in small.items() if v == "val") == ["B01", "C02", "E01"]
+    assert sorted(p for p, v in small.items() if v == "test") == ["B00", "D01", "E03"]
+
+
+def test_duplicate_sets_share_a_split_for_every_seed():
+    cohort = _cohort(14)
+    sets = [["A01", "A05"], ["B02", "B03", "B11"], ["C00", "D00"]]
+    for seed in range(20):
+        split = split_patients(cohort, seed=seed, together=sets)
+        assert set(split) == set(cohort)
+        for ids in sets:
+            assert len({split[p] for p in ids}) == 1, (seed, ids, [split[p] for p in ids])
+
+
+def test_a_straddling_pair_is_pulled_onto_one_side():
+    cohort = _cohort(14)
+    plain = split_patients(cohort, seed=0)
+    pair = ["A01", "A02"]  # A01 is in test in the frozen split, A02 in train
+    assert plain["A01"] != plain["A02"]
+    split = split_patients(cohort, seed=0, together=[pair])
+    assert split["A01"] == split["A02"]
+    # 69 units: the pair counts once, so one split holds one patient more than the plain 50 / 10 / 10
+    counts = Counter(split.values())
+    assert sum(counts.values()) == 70 and sorted((counts - Counter(plain.values())).values()) in ([], [1])
+
+
+def test_sets_ignore_unknown_ids_and_refuse_overlaps():
+    cohort = _cohort(4)
+    assert split_patients(cohort, seed=0, together=[["A00", "zz"]]) == split_patients(cohort, seed=0)
+    with pytest.raises(ValueError, match="more than one set"):
+        split_patients(cohort, seed=0, together=[["A00", "A01"], ["A01", "A02"]])

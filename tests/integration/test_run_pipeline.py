@@ -33,7 +33,7 @@ def test_main_job_on_phantom_data(tmp_path):
         capture_output=True, text=True, timeout=900, env={**__import__("os").environ, "MLFLOW_TRACKING_URI": ""},
     )
     assert proc.returncode == 0, proc.stderr
-    assert "prepared slices:" in proc.stdout
+    assert "prepared slices:" in proc.stdout and "duplicate subjects: none found" in proc.stdout
     assert (out / "prepared" / "datalist.json").is_file()
     assert (out / "prepared_slices.png").read_bytes()[:4] == b"\x89PNG"
     client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")

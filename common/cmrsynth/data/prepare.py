@@ -14,8 +14,12 @@ On-disk format: one 2D NIfTI per slice (``images/<patient>/<patient>_<phase>_<sl
 [-1, 1], and the same path under ``labels/`` as uint8 canonical labels), affine diag(spacing). NIfTI per slice
 is what MONAI's LoadImaged reads with no custom code, what every stage hands on, and what a user can open in
 any viewer; the files carry no source header fields. ``datalist.json`` lists slices under ``training``,
-``validation`` and ``test`` (patient-level split) with patient, group, phase, slice index and spacing,
-and records the split, the privacy roles and the preprocessing settings.
+``validation`` and ``test`` (patient-level split) with patient, subject, group, phase, slice index and spacing,
+and records the split, the privacy roles, the duplicate subjects found and the preprocessing settings.
+
+Before the split, patient ids that hold the same person (``cmrsynth.data.duplicates``) are found; by default each
+such group is split as one unit (``duplicates="together"``), or all ids but the first are left out (``"drop"``).
+Every entry's ``subject`` is the first id of its group (its own id when it has no duplicate).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import numpy as np
 from monai.transforms import Compose
 
 from cmrsynth.data.atomic import atomic_directory, write_json_atomic
+from cmrsynth.data.duplicates import DUPLICATE_THRESHOLD, DuplicateReport, find_duplicates
 from cmrsynth.data.nifti import save_slice
 from cmrsynth.data.records import PatientRecord
 from cmrsynth.data.splits import ROLE_OF_SPLIT, SECTION_OF_SPLIT, split_patients
@@ -46,6 +51,8 @@ from cmrsynth.transforms import (
 
 #: Output size presets: 128 is the paper's reference, 64 the CPU preset (the same ROI downsampled by 2).
 PRESETS = {"reference": 128, "cpu": 64}
+#: What to do with patient ids found to be one person: split them as one unit, keep only the first id, or not look.
+DUPLICATE_POLICIES = ("together", "drop", "off")
 
 
 @dataclass
@@ -62,6 +69,8 @@ class PrepareConfig:
         fractions: train / val / test fractions of patients (stratified by group).
         seed: split seed.
         include_unlabelled: also write unlabelled patients' slices (image only, for generation).
+        duplicates: ids found to be one person: ``together`` (one split), ``drop`` (keep the first id) or ``off``.
+        duplicate_threshold: exact distance below which two ids are one person (``cmrsynth.data.duplicates``).
     """
 
     size: int = 64
@@ -73,7 +82,13 @@ class PrepareConfig:
     fractions: tuple[float, float, float] = (5 / 7, 1 / 7, 1 / 7)
     seed: int = 0
     include_unlabelled: bool = False
+    duplicates: str = "together"
+    duplicate_threshold: float = DUPLICATE_THRESHOLD
     extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.duplicates not in DUPLICATE_POLICIES:
+            raise ValueError(f"duplicates must be one of {list(DUPLICATE_POLICIES)}, got {self.duplicates!r}")
 
     @property
     def spacing(self) -> float:
@@ -111,7 +126,8 @@ def prepare_cohort(
         overwrite: replace an existing output folder.
 
     Returns:
-        summary: slice counts per patient and split, totals, cropped-away foreground.
+        summary: slice counts per patient and split, totals, cropped-away foreground, the duplicate groups found
+        and the ids dropped.
 
     Raises:
         CMRDataError: the first bad file met, naming it and the problem (nothing is written).
@@ -121,7 +137,9 @@ def prepare_cohort(
     usable = [r for r in records if r.labelled or cfg.include_unlabelled]
     if not usable:
         raise CMRDataError(out_dir, f"none of the {len(records)} patients has labels (pass include_unlabelled)")
-    split = split_patients({r.patient_id: r.group for r in usable}, cfg.fractions, cfg.seed)
+    duplicates, dropped, subject = _duplicate_subjects(usable, cfg)
+    usable = [r for r in usable if r.patient_id not in dropped]
+    split = split_patients({r.patient_id: r.group for r in usable}, cfg.fractions, cfg.seed, duplicates.groups)
     chain = preprocessing(cfg)
     sections: dict[str, list[dict]] = {s: [] for s in SECTION_OF_SPLIT.values()}
     per_patient: dict[str, int] = {}
@@ -137,7 +155,7 @@ def prepare_cohort(
                 if label is not None:
                     lost.append(d["foreground_lost"])
                 for k in slices:
-                    entry = _write_slice(tmp, record, phase, k, d, split[pid])
+                    entry = _write_slice(tmp, record, phase, k, d, split[pid], subject.get(pid, pid))
                     sections[SECTION_OF_SPLIT[split[pid]]].append(entry)
                     per_patient[pid] += 1
         datalist = {
@@ -146,7 +164,8 @@ def prepare_cohort(
             "preprocessing": {**asdict(cfg), "spacing_mm": cfg.spacing},
             "patients": {
                 r.patient_id: {
-                    "group": r.group, "split": split[r.patient_id], "role": ROLE_OF_SPLIT[split[r.patient_id]],
+                    "group": r.group, "subject": subject.get(r.patient_id, r.patient_id),
+                    "split": split[r.patient_id], "role": ROLE_OF_SPLIT[split[r.patient_id]],
                     "height": r.height, "weight": r.weight, "vendor": r.vendor, "centre": r.centre,
                     "source": r.source, "labelled": r.labelled,
                 }
@@ -155,12 +174,16 @@ def prepare_cohort(
             "roles": {
                 role: sorted(p for p, s in split.items() if ROLE_OF_SPLIT[s] == role) for role in ("member", "non_member")
             },
+            "duplicate_groups": duplicates.groups,
+            "duplicate_check": _duplicate_record(duplicates, cfg.duplicates, dropped),
             **sections,
         }
         write_json_atomic(tmp / "datalist.json", datalist)
         summary = {
             "patients": len(usable),
-            "skipped_unlabelled": len(records) - len(usable),
+            "skipped_unlabelled": sum(not (r.labelled or cfg.include_unlabelled) for r in records),
+            "duplicate_groups": duplicates.groups,
+            "dropped_duplicates": dropped,
             "slices": sum(per_patient.values()),
             "slices_per_split": {s: len(v) for s, v in sections.items()},
             "patients_per_split": dict(Counter(split.values())),
@@ -171,6 +194,31 @@ def prepare_cohort(
         }
         write_json_atomic(tmp / "summary.json", summary)
     return summary
+
+
+def _duplicate_subjects(records: list[PatientRecord], cfg: PrepareConfig) -> tuple[DuplicateReport, list[str], dict]:
+    """The duplicate check of a cohort under ``cfg.duplicates``: the report, the ids to leave out (``drop``: all
+    but the first of each group) and patient id to subject (the first id of its group; absent: its own id)."""
+    report = find_duplicates(records, cfg.duplicate_threshold) if cfg.duplicates != "off" else DuplicateReport()
+    dropped = [pid for group in report.groups for pid in group[1:]] if cfg.duplicates == "drop" else []
+    return report, dropped, {pid: group[0] for group in report.groups for pid in group}
+
+
+def _duplicate_record(report: DuplicateReport, policy: str, dropped: list[str]) -> dict:
+    """The datalist's record of the duplicate check: policy, thresholds, pairs found and ids left out."""
+    return {"policy": policy, "dropped": dropped, **report.to_json()}
+
+
+def duplicate_lines(summary: dict) -> list[str]:
+    """Lines naming the duplicate subjects a preparation found, for the CLI and the pipeline (none: one line)."""
+    groups = summary.get("duplicate_groups", [])
+    if not groups:
+        return ["duplicate subjects: none found"]
+    dropped = set(summary.get("dropped_duplicates", []))
+    how = "all but the first id left out" if dropped else "each group kept in one split"
+    return [f"duplicate subjects: {len(groups)} group(s), {how}:"] + [
+        "  " + " = ".join(p + (" (dropped)" if p in dropped else "") for p in group) for group in groups
+    ]
 
 
 def _run_chain(chain: Compose, frame: dict) -> dict:
@@ -184,7 +232,7 @@ def _run_chain(chain: Compose, frame: dict) -> dict:
         raise data_error from None
 
 
-def _write_slice(root: Path, record: PatientRecord, phase: str, k: int, d: dict, split: str) -> dict:
+def _write_slice(root: Path, record: PatientRecord, phase: str, k: int, d: dict, split: str, subject: str) -> dict:
     pid = record.patient_id
     name = f"{pid}/{pid}_{phase}_{k:02d}.nii.gz"
     (root / "images" / pid).mkdir(parents=True, exist_ok=True)
@@ -197,7 +245,7 @@ def _write_slice(root: Path, record: PatientRecord, phase: str, k: int, d: dict,
     n_slices = d["image"].shape[2]
     return {
         **entry,
-        "patient": pid, "group": record.group, "phase": phase, "slice": int(k), "n_slices": int(n_slices),
+        "patient": pid, "subject": subject, "group": record.group, "phase": phase, "slice": int(k), "n_slices": int(n_slices),
         "slice_position": round(k / max(n_slices - 1, 1), 4), "spacing": [float(s) for s in d["spacing"]],
         "split": split, "role": ROLE_OF_SPLIT[split],
     }
@@ -238,6 +286,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fractions", type=float, nargs=3, default=(5 / 7, 1 / 7, 1 / 7), help="train val test")
     p.add_argument("--seed", type=int, default=0, help="split seed")
     p.add_argument("--include-unlabelled", action="store_true", help="also write unlabelled patients' slices")
+    p.add_argument("--duplicates", choices=DUPLICATE_POLICIES, default="together",
+                   help="patient ids found to be one person: keep each group in one split, keep only its first id, or skip the check")
+    p.add_argument("--duplicate-threshold", type=float, default=DUPLICATE_THRESHOLD,
+                   help="distance below which two ids are one person (z-scored aligned slices, RMS; measured on ACDC)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.add_argument("--preview", action="store_true", help="also draw <out>/preview.png (slices with mask overlays)")
     return p
@@ -256,6 +308,8 @@ def main(argv: list[str] | None = None) -> int:
         fractions=tuple(args.fractions),
         seed=args.seed,
         include_unlabelled=args.include_unlabelled,
+        duplicates=args.duplicates,
+        duplicate_threshold=args.duplicate_threshold,
     )
     try:
         records = read_cohort(args.reader, args.input, args.info_csv)
@@ -271,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
         f"prepared {summary['patients']} patients, {summary['slices']} slices at {cfg.size}x{cfg.size} "
         f"({cfg.spacing:.3g} mm): {summary['slices_per_split']} -> {Path(args.out) / 'datalist.json'}"
     )
+    print("\n".join(duplicate_lines(summary)))
     return 0
 
 

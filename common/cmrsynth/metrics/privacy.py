@@ -28,7 +28,9 @@ patients and applied to the other (two-fold cross-fitting), never on the pairs i
 resamples those out-of-fold calls rather than refitting (a resample holds duplicates that would leak).
 
 Leakage: ``nearest_distances`` / ``leakage_report`` compare synthetic→train with holdout→train distances, and
-``release_gate`` drops synthetic samples closer to a training sample than a holdout-calibrated threshold.
+``release_gate`` drops synthetic samples closer to a training sample than a holdout-calibrated threshold;
+``nearest_other`` finds each sample's nearest neighbour of another subject (the audit's check that no non-member is
+a copy of a member, ``cmrsynth.audit_guard``).
 """
 
 from __future__ import annotations
@@ -218,6 +220,39 @@ def nearest_distances(queries: np.ndarray, references: np.ndarray, exclude_self:
             d[torch.arange(d.shape[0]), torch.arange(i, i + d.shape[0])] = float("inf")
         out.append(d.topk(2, largest=False).values)
     return torch.cat(out).numpy()
+
+
+def nearest_other(queries: np.ndarray, references: np.ndarray, query_labels: Sequence | None = None,
+                  reference_labels: Sequence | None = None, batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Distance (RMS per element, as ``nearest_distances``) and index of each query's nearest reference, skipping
+    references whose label equals the query's (e.g. slices of the same subject).
+
+    Args:
+        queries: (N, ...) arrays, flattened.
+        references: (M, ...).
+        query_labels: (N,) labels, or None to skip nothing.
+        reference_labels: (M,) labels; needed with ``query_labels``.
+
+    Returns:
+        (N,) distances (inf where every reference is skipped) and (N,) indices into ``references``.
+    """
+    q = torch.as_tensor(np.asarray(queries, np.float32)).flatten(1)
+    r = torch.as_tensor(np.asarray(references, np.float32)).flatten(1)
+    if q.shape[1] != r.shape[1]:
+        raise ValueError(f"queries and references differ in size: {tuple(q.shape[1:])} vs {tuple(r.shape[1:])}")
+    if query_labels is not None:
+        codes = {v: k for k, v in enumerate(sorted(set(map(str, query_labels)) | set(map(str, reference_labels))))}
+        q_code = torch.tensor([codes[str(v)] for v in query_labels])
+        r_code = torch.tensor([codes[str(v)] for v in reference_labels])
+    distances, indices = [], []
+    for i in range(0, len(q), batch):
+        d = torch.cdist(q[i:i + batch], r) / q.shape[1] ** 0.5
+        if query_labels is not None:
+            d[q_code[i:i + batch, None] == r_code[None, :]] = float("inf")
+        value, index = d.min(1)
+        distances.append(value)
+        indices.append(index)
+    return torch.cat(distances).numpy(), torch.cat(indices).numpy()
 
 
 def copy_threshold(holdout_to_train: np.ndarray, quantile: float = 0.01) -> float:
