@@ -80,6 +80,23 @@ def test_codec_loads_stage_one_weights_and_names_a_missing_or_unfit_file(tmp_pat
         fresh.load_autoencoder(tmp_path / "other.pt")
 
 
+def test_codec_loads_the_autoencoder_ema_when_asked(tmp_path):
+    trained = tiny_autoencoder(1)
+    ema = torch.optim.swa_utils.AveragedModel(trained, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(0.9))
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.add_(0.1)  # the raw weights move on; the EMA keeps the earlier ones
+    path = tmp_path / "checkpoint_final.pt"
+    torch.save({"autoencoder": trained.state_dict(), "autoencoder_ema": ema.state_dict()}, path)
+    x = _slices()
+    from_ema = AutoencoderCodec(tiny_autoencoder(2), 4).load_autoencoder(path, "autoencoder_ema")
+    torch.testing.assert_close(from_ema.encode(x), AutoencoderCodec(ema.module, 4).encode(x))
+    assert not torch.allclose(from_ema.encode(x), AutoencoderCodec(trained, 4).encode(x))
+    torch.save({"autoencoder": trained.state_dict(), "autoencoder_ema": {}}, path)
+    with pytest.raises(CMRDataError, match="holds no autoencoder_ema weights"):
+        from_ema.load_autoencoder(path, "autoencoder_ema")
+
+
 @pytest.mark.parametrize("mask_mode", ["concat", "spade"])
 def test_latent_generator_samples_in_latent_space_and_decodes_to_pixels(mask_mode):
     if mask_mode == "spade":

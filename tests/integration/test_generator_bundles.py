@@ -129,7 +129,7 @@ def test_ldm_cmr_autoencoder_then_diffusion_then_inference_and_audit(prepared, t
     from mlflow.tracking import MlflowClient
 
     ldm = tmp_path / "ldm"
-    tiny = _tiny(autoencoder_channels=[8, 16], mask_mode="spade", class_conditional=True)
+    tiny = _tiny(autoencoder_channels=[8, 16], mask_mode="spade", class_conditional=True, autoencoder_ema=True)
     stage2 = ["common.yaml", "train.yaml", "train_diffusion.yaml"]
     with pytest.raises(RuntimeError):
         run_bundle(LATENT, stage2, ldm, {**tiny, "dataset_dir": str(prepared), "max_epochs": 1}, log=tmp_path / "refused.log")
@@ -141,6 +141,7 @@ def test_ldm_cmr_autoencoder_then_diffusion_then_inference_and_audit(prepared, t
                    "adversarial_warmup": 2}, extra_args=["--tracking", "mlflow"], env={"MLFLOW_TRACKING_URI": ""})
     assert trainer_progress(ldm / "models" / "autoencoder" / "checkpoint_final.pt") == {"epoch": 2, "iteration": 6}
     assert (ldm / "models" / "autoencoder" / "best_autoencoder.pt").is_file()
+    assert torch.load(ldm / "models" / "autoencoder" / "checkpoint_final.pt", weights_only=False)["autoencoder_ema"]["n_averaged"] == 6
     [exp] = [e for e in MlflowClient(f"sqlite:///{ldm / 'eval' / 'mlflow.db'}").search_experiments() if e.name == "ldm_cmr"]
     runs = MlflowClient(f"sqlite:///{ldm / 'eval' / 'mlflow.db'}").search_runs([exp.experiment_id])
     assert any("val_ssim" in r.data.metrics and "train_loss" in r.data.metrics for r in runs)

@@ -120,12 +120,18 @@ class AutoencoderCodec(nn.Module):
         return (self.latent_channels, *(s // self.downsampling for s in spatial))
 
     def load_autoencoder(self, path: str | Path, key: str = "autoencoder") -> AutoencoderCodec:
-        """Load the stage-1 weights (``key`` of a train_autoencoder checkpoint), refusing a missing or unfit file."""
+        """Load the stage-1 weights (``key`` of a train_autoencoder checkpoint: ``autoencoder``, or ``autoencoder_ema``
+        for its EMA), refusing a missing or unfit file."""
         path = Path(path)
         if not path.is_file():
             raise CMRDataError(path, "trained autoencoder not found: run configs/train_autoencoder.yaml first")
         state = torch.load(path, map_location="cpu", weights_only=True)
-        load_module_weights(self.autoencoder, state.get(key, state), path, "the configured autoencoder")
+        if key in state and not state[key]:
+            raise CMRDataError(path, f"holds no {key} weights (train the autoencoder with them switched on)")
+        weights = state.get(key, state)
+        if "n_averaged" in weights:  # an AveragedModel (EMA) of the autoencoder
+            weights = {k.removeprefix("module."): v for k, v in weights.items() if k != "n_averaged"}
+        load_module_weights(self.autoencoder, weights, path, "the configured autoencoder")
         return self
 
     @torch.no_grad()
