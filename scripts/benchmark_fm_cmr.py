@@ -34,10 +34,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from cmrsynth import benchmark
 from cmrsynth.benchmark import (REPO, audit_generator, comparison_table, draw_images, load_section, machine, parser,
-                                prepared_acdc, replace_marked, sampler_sweep, score_fidelity, sweep_table, training_facts,
-                                write_benchmark)
+                                prepared_acdc, replace_marked, sampler_sweep, score_fidelity, segmenter_utility, sweep_table,
+                                train_segmenter, training_facts, write_benchmark)
 from cmrsynth.bundle_run import run_bundle
 
 BUNDLES = REPO / "bundles"
@@ -60,11 +59,6 @@ def train_fixed(bundle: str, data: Path, root: Path, epochs: int, args) -> dict:
                                                    "max_minutes": args.max_minutes, "progress_bar": False},
                    log=root / "train.log", env=_env(args))
     return {"planned_steps": epochs * 200, **training_facts(root)}
-
-
-def train_segmenter(name: str, sources: list[dict], real: Path, work: Path, args) -> dict:
-    """seg_utility trained for a fixed number of steps on ``sources``, scored on the real test patients."""
-    return benchmark.train_segmenter(work / "seg_utility_fm" / name, sources, real, args.seg_steps, args.seed, args.threads)
 
 
 def fidelity(datalist: Path, real: Path, scorer: Path, out: Path, args) -> dict:
@@ -91,14 +85,7 @@ def synthetic_sets(work: Path, roots: dict, args) -> dict[str, Path]:
 
 def utility(work: Path, real: Path, synthetic: dict[str, Path], args) -> dict:
     """Segmenters on real, few10, and each generator's synthetic set alone and added to few10."""
-    real_src = {"datalist": str(real), "key": "training"}
-    modes = {"real": [real_src], "few10": [{**real_src, "patients": 10}]}
-    for b, datalist in synthetic.items():
-        syn = {"datalist": str(datalist), "key": "training"}
-        modes[f"synthetic ({b})"] = [syn]
-        modes[f"few10+syn ({b})"] = [{**real_src, "patients": 10}, syn]
-    return {name: train_segmenter(name.replace(" ", "_").replace("(", "").replace(")", ""), sources, real, work, args)
-            for name, sources in modes.items()}
+    return segmenter_utility(work / "seg_utility_fm", real, synthetic, args.seg_steps, args.seed, args.threads)
 
 
 def privacy(work: Path, roots: dict, real: Path, synthetic: dict[str, Path], scorer: Path, args) -> dict:
@@ -167,7 +154,8 @@ def main() -> None:
                           for b in ("mask_generator", "ddpm_cmr", "fm_cmr")}
     write_benchmark(path, result)
     scorer = work / "seg_utility_fm" / "real"
-    result["utility"] = {"real": train_segmenter("real", [{"datalist": str(real), "key": "training"}], real, work, args)}
+    result["utility"] = {"real": train_segmenter(scorer, [{"datalist": str(real), "key": "training"}], real, args.seg_steps, args.seed,
+                                                 args.threads)}
     result["sweep"] = sweep(work, roots, real, scorer, args)
     write_benchmark(path, result)
     synthetic = synthetic_sets(work, roots, args)

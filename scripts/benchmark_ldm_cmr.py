@@ -33,16 +33,14 @@ import json
 import re
 import shutil
 import time
-from datetime import datetime
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
-from cmrsynth import benchmark
 from cmrsynth.benchmark import (REPO, audit_generator, comparison_table, draw_images, load_section, machine, parser,
-                                prepared_acdc, replace_marked, sampler_sweep, score_fidelity, sweep_table, training_facts,
-                                write_benchmark)
+                                log_lines, prepared_acdc, replace_marked, sampler_sweep, score_fidelity, segmenter_utility,
+                                sweep_table, training_facts, write_benchmark)
 from cmrsynth.bundle_run import run_bundle, trainer_progress
 
 BUNDLES = REPO / "bundles"
@@ -62,11 +60,6 @@ def _env(args) -> dict:
     return {"OMP_NUM_THREADS": str(args.threads)}
 
 
-def _stamps(log: Path) -> list[datetime]:
-    return [datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S") for m in
-            (re.match(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),\d+ - INFO - (Epoch: |Epoch\[)", line) for line in log.read_text().splitlines()) if m]
-
-
 def train_autoencoder(root: Path, data: Path, args) -> dict:
     """Stage 1 for a fixed number of 200-step epochs (skipped when its final checkpoint exists)."""
     final = root / "models" / "autoencoder" / "checkpoint_final.pt"
@@ -76,7 +69,7 @@ def train_autoencoder(root: Path, data: Path, args) -> dict:
                    "seed": args.seed, "max_minutes": args.ae_max_minutes, "progress_bar": False}, log=log, env=_env(args))
     curve = [{"epoch": int(m.group(1)), "val_l1": float(m.group(2)), "val_psnr": float(m.group(3)), "val_ssim": float(m.group(4))}
              for m in re.finditer(r"Epoch\[(\d+)\] Metrics -- val_l1: ([\d.]+) val_psnr: ([\d.]+) val_ssim: ([\d.]+)", log.read_text())]
-    stamps, progress = _stamps(log), trainer_progress(final)
+    stamps, progress = [t for t, _ in log_lines(log, r"(Epoch: |Epoch\[)")], trainer_progress(final)
     wall = (stamps[-1] - stamps[0]).total_seconds()
     return {"planned_steps": args.ae_epochs * 200, **progress, "training_wall_seconds": wall,
             "seconds_per_step": wall / progress["iteration"], "validation_curve": curve}
@@ -188,14 +181,7 @@ def main() -> None:
     result["synthetic_sets"] = {b: json.loads(d.read_text())["summary"] for b, d in synthetic.items()}
     result["synthetic_fidelity"] = {b: score_fidelity(d, real, scorer, work / "synthetic_fm" / "fidelity" / b, args.seed, args.threads)
                                     for b, d in synthetic.items()}
-    real_src = {"datalist": str(real), "key": "training"}
-    modes = {"real": [real_src], "few10": [{**real_src, "patients": 10}]}
-    for b, datalist in synthetic.items():
-        syn = {"datalist": str(datalist), "key": "training"}
-        modes[f"synthetic ({b})"], modes[f"few10+syn ({b})"] = [syn], [{**real_src, "patients": 10}, syn]
-    folder = lambda name: work / "seg_utility_fm" / name.replace(" ", "_").replace("(", "").replace(")", "")  # noqa: E731
-    result["utility"] = {name: benchmark.train_segmenter(folder(name), sources, real, args.seg_steps, args.seed, args.threads)
-                         for name, sources in modes.items()}
+    result["utility"] = segmenter_utility(work / "seg_utility_fm", real, synthetic, args.seg_steps, args.seed, args.threads)
     write_benchmark(path, result)
     result["privacy"] = privacy(work, roots, real, synthetic, scorer, args)
     result["finished"] = time.strftime("%Y-%m-%d %H:%M")

@@ -15,7 +15,9 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import time
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -147,24 +149,39 @@ def train_bundle(bundle: Path, data: Path, root: Path, minutes: float, seed: int
     return {"wall_seconds": round(seconds, 1), **trainer_progress(root / "models" / "checkpoint_final.pt")}
 
 
+def log_lines(log: Path, pattern: str) -> list[tuple[datetime, re.Match]]:
+    """(time, match) of every INFO line of a bundle log whose message matches ``pattern`` at its start."""
+    found = []
+    for line in Path(log).read_text().splitlines():
+        m = re.match(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),\d+ - INFO - " + pattern, line)
+        if m:
+            found.append((datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S"), m))
+    return found
+
+
 def training_facts(root: Path) -> dict:
     """Steps from the final checkpoint; wall time and validation curve from the bundle's own ``train.log``."""
-    import re
-    from datetime import datetime
-
     from cmrsynth.bundle_run import trainer_progress
 
-    stamps, curve = [], []
-    for line in (root / "train.log").read_text().splitlines():
-        m = re.match(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),\d+ - INFO - (Epoch: |Epoch\[(\d+)\] Metrics -- val_mse: ([\d.]+))", line)
-        if m:
-            stamps.append(datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S"))
-            if m.group(3):
-                curve.append({"epoch": int(m.group(3)), "val_mse_ema": float(m.group(4))})
+    lines = log_lines(root / "train.log", r"(Epoch: |Epoch\[(\d+)\] Metrics -- val_mse: ([\d.]+))")
+    curve = [{"epoch": int(m.group(3)), "val_mse_ema": float(m.group(4))} for _, m in lines if m.group(3)]
     progress = trainer_progress(root / "models" / "checkpoint_final.pt")
-    wall = (stamps[-1] - stamps[0]).total_seconds() if stamps else float("nan")
+    wall = (lines[-1][0] - lines[0][0]).total_seconds() if lines else float("nan")
     return {**progress, "training_wall_seconds": wall, "seconds_per_step": wall / max(progress["iteration"], 1),
             "validation_curve": curve}
+
+
+def segmenter_utility(folder: Path, real: Path, synthetic: dict[str, Path], steps: int, seed: int, threads: int) -> dict:
+    """Segmenters trained in ``folder`` on real, few10 (10 real patients), and each generator's synthetic set alone
+    and added to few10, scored on the real test patients (segmenters already trained are read back)."""
+    real_src = {"datalist": str(real), "key": "training"}
+    modes = {"real": [real_src], "few10": [{**real_src, "patients": 10}]}
+    for b, datalist in synthetic.items():
+        syn = {"datalist": str(datalist), "key": "training"}
+        modes[f"synthetic ({b})"] = [syn]
+        modes[f"few10+syn ({b})"] = [{**real_src, "patients": 10}, syn]
+    return {name: train_segmenter(folder / name.replace(" ", "_").replace("(", "").replace(")", ""), sources, real, steps, seed, threads)
+            for name, sources in modes.items()}
 
 
 def run_benchmark(args, bundle: Path, training: dict, evaluate) -> dict:
