@@ -42,6 +42,17 @@ def _batches(n: int, size: int):
         yield slice(start, min(start + size, n))
 
 
+def _write_pair(root: Path, name: str, image: np.ndarray, mask: np.ndarray, source: dict) -> dict:
+    """Write ``images/<name>.nii.gz`` and ``labels/<name>.nii.gz`` under ``root`` with the source entry's spacing;
+    return their datalist entry (relative paths, group, phase, spacing) without anything identifying the source."""
+    spacing = tuple(source.get("spacing", (2.5, 2.5, 1.0)))
+    for folder, array, dtype in (("images", image, np.float32), ("labels", mask, np.uint8)):
+        (root / folder).mkdir(exist_ok=True)
+        save_slice(root / folder / f"{name}.nii.gz", array, spacing, dtype)
+    return {"image": f"images/{name}.nii.gz", "label": f"labels/{name}.nii.gz", "group": source.get("group"),
+            "phase": source.get("phase"), "spacing": list(spacing)}
+
+
 def _sampling_summary(generator: Generator, sampler, steps, guidance_scale, nfe: list[int], seconds: float, n: int) -> dict:
     return {**generator.settings(sampler, steps, guidance_scale), "nfe": max(nfe) if nfe else 0,
             "seconds_per_sample": seconds / max(n, 1)}
@@ -181,15 +192,9 @@ def generate_images(
     sampling = _sampling_summary(generator, sampler, num_inference_steps, guidance_scale, nfe, time.perf_counter() - t0, len(entries))
     out_entries, provenance = [], {}
     with atomic_directory(out_dir, overwrite=overwrite) as tmp:
-        (tmp / "images").mkdir()
-        (tmp / "labels").mkdir()
         for i, (e, image, mask) in enumerate(zip(entries, images, masks)):
             sid = f"syn{i:05d}"
-            spacing = tuple(e.get("spacing", (2.5, 2.5, 1.0)))
-            save_slice(tmp / "images" / f"{sid}.nii.gz", image, spacing, np.float32)
-            save_slice(tmp / "labels" / f"{sid}.nii.gz", mask, spacing, np.uint8)
-            out_entries.append({"image": f"images/{sid}.nii.gz", "label": f"labels/{sid}.nii.gz", "synthetic_id": sid,
-                                "group": e.get("group"), "phase": e.get("phase"), "spacing": list(spacing)})
+            out_entries.append({**_write_pair(tmp, sid, image, mask, e), "synthetic_id": sid})
             provenance[sid] = {"mask_datalist": str(Path(mask_datalist).absolute()), "mask_key": mask_key, "index": i,
                                "source_label": str((root / e["label"]).absolute())}
         summary = {"generated": len(out_entries), "seconds_per_image": sampling.pop("seconds_per_sample"), **sampling}
@@ -233,16 +238,8 @@ def reconstruct_images(codec, datalist: str | Path, out_dir: str | Path, key: st
     summary = {"slices": len(entries), "source_key": key, "seconds_per_slice": seconds,
                **{f"{n}_{stat}": float(getattr(np, stat)(v)) for n, v in scores.items() for stat in ("mean", "std")}}
     with atomic_directory(out_dir, overwrite=overwrite) as tmp:
-        (tmp / "images").mkdir()
-        (tmp / "labels").mkdir()
-        out_entries = []
-        for i, (e, image, mask) in enumerate(zip(entries, recon, masks)):
-            spacing = tuple(e.get("spacing", (2.5, 2.5, 1.0)))
-            save_slice(tmp / "images" / f"rec{i:05d}.nii.gz", image, spacing, np.float32)
-            save_slice(tmp / "labels" / f"rec{i:05d}.nii.gz", mask, spacing, np.uint8)
-            out_entries.append({"image": f"images/rec{i:05d}.nii.gz", "label": f"labels/rec{i:05d}.nii.gz", "group": e.get("group"),
-                                "phase": e.get("phase"), "spacing": list(spacing), "psnr": float(scores["psnr"][i]),
-                                "ssim": float(scores["ssim"][i])})
+        out_entries = [{**_write_pair(tmp, f"rec{i:05d}", image, mask, e), "psnr": float(scores["psnr"][i]),
+                        "ssim": float(scores["ssim"][i])} for i, (e, image, mask) in enumerate(zip(entries, recon, masks))]
         write_json_atomic(tmp / "datalist.json", {"description": "autoencoder reconstructions of real slices (copies of "
                                                  "patients' data: do not share)", "labels": CHANNEL_DEF,
                                                  "training": out_entries, "summary": summary})
