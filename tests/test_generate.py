@@ -38,6 +38,17 @@ def test_generate_masks_writes_a_shareable_datalist(tmp_path):
     assert summary["sampler"] == "ddim" and summary["nfe"] == 3 and summary["num_inference_steps"] == 3
 
 
+def test_masks_per_slice_position_record_their_position_and_raw_plausibility(tmp_path):
+    generator = tiny_generator(ddpm_objective(steps=100), in_channels=4, out_channels=4, mask_mode="none", groups=["NOR"],
+                               positions=["basal", "apical"])
+    summary = generate_masks(generator, tmp_path / "m", per_class=1, num_inference_steps=2, keep_implausible=True)
+    entries = json.loads((tmp_path / "m" / "datalist.json").read_text())["synthetic"]
+    assert [(e["phase"], e["position"]) for e in entries] == [("ED", "basal"), ("ED", "apical"), ("ES", "basal"), ("ES", "apical")]
+    assert all(isinstance(e["plausible_before_postprocessing"], bool) for e in entries)
+    assert 0.0 <= summary["plausibility_rate_before_postprocessing"] <= 1.0
+    assert "lv_circularity" in entries[0] and "failed_checks_before_postprocessing" in summary
+
+
 def test_implausible_masks_are_dropped_and_counted(tmp_path):
     summary = generate_masks(_mask_generator(), tmp_path / "m", per_class=4, num_inference_steps=2)
     n_ok = round(summary["plausibility_rate"] * 4)

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from cmrsynth.transforms import (
+    ClassIndexd,
     HeartCentredCropd,
     PercentileScaled,
     ResampleInPlaned,
@@ -109,3 +110,12 @@ def test_n4_reduces_a_multiplicative_bias_field():
         return abs(np.log(right / left))
 
     assert spread(corrected) < 0.3 * spread(biased)
+
+
+def test_class_index_transform_reads_group_phase_and_slice_position():
+    by_phase = ClassIndexd(["NOR", "DCM"], ["ED", "ES"])
+    by_position = ClassIndexd(["NOR", "DCM"], ["ED", "ES"], positions=["basal", "mid", "apical"])
+    slice_ = {"group": "DCM", "phase": "ED", "slice_position": 0.9}
+    assert by_phase(slice_)["class"] == 2 and by_position(slice_)["class"] == 8
+    assert by_position({"group": "DCM", "phase": "ED"})["class"] == 12  # no position recorded: the null class
+    assert ClassIndexd([])(slice_)["class"] == 0

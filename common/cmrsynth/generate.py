@@ -85,29 +85,34 @@ def generate_masks(
     masks, nfe = [], []
     for sl in _batches(len(plan), batch_size):
         chunk = plan[sl]
-        labels = torch.tensor([c for _, _, c in chunk], device=device) if generator.classes.groups else None
+        labels = torch.tensor([c["class"] for c in chunk], device=device) if generator.classes.groups else None
         x, used = generator.sample(len(chunk), class_labels=labels, sampler=sampler, num_inference_steps=num_inference_steps,
                                    guidance_scale=guidance_scale, generator=rng)
         masks.extend(x.argmax(1).to(torch.uint8).cpu().numpy())
         nfe.append(used)
     sampling = _sampling_summary(generator, sampler, num_inference_steps, guidance_scale, nfe, time.perf_counter() - t0, len(plan))
-    entries, checks, failed = [], [], Counter()
+    entries, checks, raw_checks, failed, failed_raw = [], [], [], Counter(), Counter()
     with atomic_directory(out_dir, overwrite=overwrite) as tmp:
         (tmp / "labels").mkdir()
-        for i, ((group, phase, _), raw) in enumerate(zip(plan, masks)):
-            mask = postprocess_mask(raw)
+        for i, (condition, raw) in enumerate(zip(plan, masks)):
+            raw_check, mask = plausibility(raw), postprocess_mask(raw)
             check = plausibility(mask)
             checks.append(check["plausible"])
+            raw_checks.append(raw_check["plausible"])
             failed.update(k for k, ok in check.items() if not ok and k != "plausible")
+            failed_raw.update(k for k, ok in raw_check.items() if not ok and k != "plausible")
             if not check["plausible"] and not keep_implausible:
                 continue
             sid = f"syn{i:05d}"
             save_slice(tmp / "labels" / f"{sid}.nii.gz", mask, (spacing, spacing, 1.0), np.uint8)
-            entries.append({"label": f"labels/{sid}.nii.gz", "synthetic_id": sid, "group": group, "phase": phase,
-                            "plausible": check["plausible"], **shape_stats(mask, spacing)})
+            entries.append({"label": f"labels/{sid}.nii.gz", "synthetic_id": sid, "group": condition["group"],
+                            "phase": condition["phase"], **({"position": condition["position"]} if condition["position"] else {}),
+                            "plausible": check["plausible"], "plausible_before_postprocessing": raw_check["plausible"],
+                            **shape_stats(mask, spacing)})
         summary = {
             "generated": len(plan), "written": len(entries), "plausibility_rate": float(np.mean(checks)),
-            "failed_checks": dict(failed), "implausible_kept": keep_implausible,
+            "plausibility_rate_before_postprocessing": float(np.mean(raw_checks)),
+            "failed_checks": dict(failed), "failed_checks_before_postprocessing": dict(failed_raw), "implausible_kept": keep_implausible,
             "seconds_per_mask": sampling.pop("seconds_per_sample"), **sampling,
         }
         write_json_atomic(tmp / "datalist.json", {"description": "cmr-synth synthetic masks", "labels": CHANNEL_DEF,
@@ -116,7 +121,7 @@ def generate_masks(
         if shown:
             grid = [np.asanyarray(nib.load(tmp / e["label"]).dataobj) for e in shown]
             save_overlay_grid([np.zeros_like(m, np.float32) for m in grid], grid, tmp / "masks.png",
-                              [f"{e['group'] or ''} {e['phase'] or ''}" for e in shown], ncols=8)
+                              [" ".join(e.get(k) or "" for k in ("group", "phase", "position")) for e in shown], ncols=8)
     return summary
 
 

@@ -202,25 +202,27 @@ def labelled_slices(label: np.ndarray, n_central: int | None = None) -> list[int
 
 
 class ClassIndexd(MapTransform):
-    """Map a slice's (group, phase) to the class of ``cmrsynth.generative.ClassIndex`` for the class embedding.
+    """Map a slice's (group, phase[, position]) to the class of ``cmrsynth.generative.ClassIndex`` for the class
+    embedding.
 
-    An unknown or missing group or phase gets the null class; with no groups (no class embedding) every slice
-    gets 0, which no network reads.
+    An unknown or missing group, phase or position gets the null class; with no groups (no class embedding) every
+    slice gets 0, which no network reads.
 
     Args:
         groups: pathology groups in embedding order, e.g. ["NOR", "DCM", "HCM", "MINF", "RV"].
         phases: phases in embedding order.
+        positions: optional named thirds of the stack (base to apex) read from ``slice_position``.
         output_key: where the class goes.
     """
 
-    def __init__(self, groups: list[str] | tuple[str, ...], phases=("ED", "ES"), output_key: str = "class"):
+    def __init__(self, groups: list[str] | tuple[str, ...], phases=("ED", "ES"), positions=(), output_key: str = "class"):
         from cmrsynth.generative.conditioning import ClassIndex
 
         super().__init__(("group", "phase"), allow_missing_keys=True)
-        self.classes, self.output_key = ClassIndex(groups, phases), output_key
+        self.classes, self.output_key = ClassIndex(groups, phases, positions), output_key
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
-        index = self.classes.index(d.get("group"), d.get("phase"))
+        index = self.classes.index_of(d)
         d[self.output_key] = 0 if index is None else index
         return d

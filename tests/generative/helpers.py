@@ -51,10 +51,10 @@ OBJECTIVES = {"ddpm": ddpm_objective, "fm": lambda: FlowMatchingObjective()}
 
 
 def tiny_generator(objective: Objective, in_channels: int = 5, out_channels: int = 1, mask_mode: str = "concat",
-                   groups=(), seed: int = 0, **kwargs) -> Generator:
+                   groups=(), seed: int = 0, positions=(), **kwargs) -> Generator:
     """A generator of a 0.01 M-parameter UNet, mask-conditioned by default."""
     torch.manual_seed(seed)
-    classes = ClassIndex(groups)
+    classes = ClassIndex(groups, positions=positions)
     net = DiffusionModelUNet(2, in_channels, out_channels, channels=(8, 8), attention_levels=(False, False), num_res_blocks=1,
                              norm_num_groups=8, num_class_embeds=classes.num_classes + 1 if classes.num_classes else None)
     with torch.no_grad():  # MONAI zero-initialises output layers; tests need a network whose output moves

@@ -10,11 +10,12 @@
 # limitations under the License.
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from cmrsynth.errors import CMRDataError
-from cmrsynth.generative import AutoencoderCodec, ConditionalDenoiser, Generator, KLAutoencoder
+from cmrsynth.generative import AutoencoderCodec, ConditionalDenoiser, Generator, KLAutoencoder, SignedDistanceCodec
 from tests.generative.helpers import OBJECTIVES, tiny_generator
 
 
@@ -140,3 +141,55 @@ def test_a_latent_generator_refuses_clipping_latents_to_the_pixel_range():
     base = tiny_generator(OBJECTIVES["ddpm"]())
     with pytest.raises(ValueError, match=r"ldm: the objective clamps x0 to the pixel range \[-1, 1\].*set clip_sample: false"):
         Generator(base.network, base.objective, codec=AutoencoderCodec(tiny_autoencoder(), 4), name="ldm")
+
+
+def _heart_onehot(n=32, lv=5, wall=3, rv=True):
+    x, y = np.mgrid[:n, :n] - n / 2
+    r = np.hypot(x, y)
+    m = np.zeros((n, n), np.int64)
+    m[r < lv + wall] = 2
+    m[r < lv] = 3
+    if rv:
+        m[(np.hypot(x + lv + wall + 3, y) < 4) & (m == 0)] = 1
+    labels = torch.as_tensor(m)[None]
+    return labels, torch.nn.functional.one_hot(labels, 4).permute(0, 3, 1, 2).float() * 2 - 1
+
+
+def test_signed_distance_codec_round_trips_masks_and_is_signed():
+    codec = SignedDistanceCodec(scale=4.0)
+    labels, onehot = _heart_onehot()
+    z = codec.encode(onehot)
+    assert z.shape == (1, 3, 32, 32) and codec.latent_shape((4, 32, 32)) == (3, 32, 32)
+    assert z.min() >= -1 and z.max() <= 1
+    assert z[0, 1, 16, 16] == 1.0 and z[0, 1, 0, 0] == -1.0  # LV map: saturated inside, -1 far outside
+    assert z[0, 0, 16, 16 + 6] > 0 > z[0, 1, 16, 16 + 6]  # a myocardium pixel: inside the disc, outside the LV
+    torch.testing.assert_close(codec.decode(z), onehot)
+    assert torch.equal(codec.encode(labels[:, None].float()), z)  # integer labels encode the same way
+    no_rv = codec.encode(_heart_onehot(rv=False)[1])
+    assert (no_rv[0, 2] == -1).all()  # an absent structure is "outside" everywhere
+
+
+def test_signed_distance_decoding_keeps_the_lv_inside_the_myocardium():
+    codec = SignedDistanceCodec(scale=4.0)
+    z = -torch.ones(1, 3, 8, 8)
+    z[0, 0, 2:6, 2:6] = 0.5  # the heart disc
+    z[0, 1, 1:7, 1:7] = 0.5  # an LV map that spills past the disc
+    z[0, 2, 3:5, 0:4] = 0.5  # an RV map overlapping the disc
+    labels = codec.decode(z).argmax(1)[0]
+    assert (labels[2:6, 2:6] == 3).all() and (labels == 3).sum() == 16  # LV only where the disc is
+    assert (labels[3:5, 0:2] == 1).all() and not (labels[2:6, 2:6] == 1).any()  # RV only outside the disc
+    with pytest.raises(ValueError, match="positive"):
+        SignedDistanceCodec(scale=0)
+
+
+def test_a_signed_distance_mask_generator_samples_one_hot_masks():
+    objective = OBJECTIVES["ddpm"]()
+    base = tiny_generator(objective, in_channels=3, out_channels=3, mask_mode="none", groups=["NOR"])
+    generator = Generator(base.denoiser, objective, codec=SignedDistanceCodec(2.0), classes=base.classes, data_channels=4,
+                          image_size=16, sampler="ddim", num_inference_steps=3, name="mask_generator")
+    masks, nfe = generator.sample(2, class_labels=torch.tensor([0, 1]), generator=torch.Generator().manual_seed(0))
+    assert masks.shape == (2, 4, 16, 16) and set(masks.unique().tolist()) <= {-1.0, 1.0} and nfe == 3
+    assert (masks.sum(1) == -2).all()  # exactly one channel on per pixel
+    _, onehot = _heart_onehot(n=16, lv=3, wall=2)
+    assert generator.loss_at(onehot, 0.5, class_labels=torch.tensor([0])).shape == (1,)
+    assert generator.card.facts()["codec"] == "signed_distance"

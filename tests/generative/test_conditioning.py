@@ -66,11 +66,24 @@ def test_class_index_is_defined_once():
     assert classes.num_classes == 4 and classes.null_class == 4
     assert classes.index("HCM", "ES") == 3 and classes.index("DCM", "ED") == 4 and classes.index("NOR", None) == 4
     plan = classes.plan(2)
-    assert len(plan) == 8 and plan[3] == ("HCM", "ES", 3)
+    assert len(plan) == 8 and plan[3] == {"group": "HCM", "phase": "ES", "position": None, "class": 3}
     assert classes.labels([{"group": "NOR", "phase": "ES"}, {"group": "RV"}]).tolist() == [1, 4]
     none = ClassIndex([])
     assert none.num_classes == 0 and none.null_class is None and none.labels([{}]) is None
-    assert none.plan(3) == [(None, None, None)] * 3
+    assert none.plan(3) == [{"group": None, "phase": None, "position": None, "class": None}] * 3
+
+
+def test_class_index_with_slice_positions():
+    classes = ClassIndex(["NOR", "HCM"], ["ED", "ES"], ["basal", "mid", "apical"])
+    assert classes.num_classes == 12 and classes.null_class == 12
+    assert classes.index("NOR", "ED", "basal") == 0 and classes.index("HCM", "ES", "apical") == 11
+    assert classes.index("NOR", "ED", None) == 12  # an unknown position is unconditional, like an unknown group
+    # slice_position 0 is the basal slice, 1 the apical one; equal thirds
+    entries = [{"group": "NOR", "phase": "ES", "slice_position": p} for p in (0.0, 0.3333, 0.5, 0.6667, 1.0)]
+    assert classes.labels(entries).tolist() == [3, 3, 4, 5, 5]
+    assert classes.index_of({"group": "HCM", "phase": "ED", "position": "mid"}) == 7
+    plan = classes.plan(1)
+    assert len(plan) == 12 and [c["class"] for c in plan] == list(range(12)) and plan[5]["position"] == "apical"
 
 
 def test_concat_resizes_a_full_resolution_mask_to_a_latent_grid():

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from cmrsynth.generative.autoencoder import (DiscriminatorAdversarialLoss, GeneratorAdversarialLoss, ReconstructionKLLoss,
                                              RecordTotalLoss)
-from cmrsynth.generative.codecs import AutoencoderCodec, IdentityCodec, KLAutoencoder
+from cmrsynth.generative.codecs import AutoencoderCodec, IdentityCodec, KLAutoencoder, SignedDistanceCodec
 from cmrsynth.generative.conditioning import ClassIndex, ConditionalDenoiser, MaskMode, guided
 from cmrsynth.generative.generator import BoundModel, Generator, GeneratorCard
 from cmrsynth.generative.objectives import (Coupling, DiffusionObjective, FlowMatchingObjective, Objective,
@@ -32,7 +32,7 @@ from cmrsynth.generative.training import ObjectivePrepareBatch, plain_tensor
 __all__ = ["AutoencoderCodec", "BoundModel", "ClassIndex", "ConditionalDenoiser", "Coupling", "DiffusionObjective",
            "DiscriminatorAdversarialLoss", "FlowMatchingObjective", "Generator", "GeneratorAdversarialLoss", "GeneratorCard",
            "IdentityCodec", "KLAutoencoder", "MaskMode", "Objective", "ObjectivePrepareBatch", "PredictionType",
-           "ReconstructionKLLoss", "RecordTotalLoss", "SAMPLERS", "get_sampler", "guided", "load_generator", "plain_tensor"]
+           "ReconstructionKLLoss", "RecordTotalLoss", "SAMPLERS", "SignedDistanceCodec", "get_sampler", "guided", "load_generator", "plain_tensor"]
 
 
 def load_generator(bundle: str | Path, run_root: str | Path, device="cpu", overrides: dict | None = None,

@@ -8,10 +8,11 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""Codecs: the space a generator's objective works in. ``IdentityCodec`` keeps pixels; ``AutoencoderCodec``
-(latent diffusion) maps slices to the latents of a trained KL autoencoder and back.
+"""Codecs: the space a generator's objective works in. ``IdentityCodec`` keeps pixels; ``SignedDistanceCodec`` turns
+masks into nested signed distance maps; ``AutoencoderCodec`` (latent diffusion) maps slices to the latents of a trained KL autoencoder and back.
 
-A codec has ``encode``, ``decode``, ``latent_shape``, ``to`` and a ``name`` recorded in the generator card. A codec
+A codec has ``encode``, ``decode``, ``latent_shape``, ``to``, a ``name`` recorded in the generator card and
+``bounded`` (its space lies in [-1, 1], where a sampler may clamp x0). A codec
 with weights is an ``nn.Module``: its ``state_dict`` travels in the generator's checkpoint (entry ``codec``), so a
 latent generator's checkpoint is self-contained.
 """
@@ -22,9 +23,12 @@ import logging
 from collections.abc import Iterable
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from monai.networks.nets import AutoencoderKL
+from scipy import ndimage
 
 from cmrsynth.errors import CMRDataError
 
@@ -42,6 +46,7 @@ class IdentityCodec:
     """Pixel space: encode and decode are the identity."""
 
     name = "identity"
+    bounded = True  # data lie in [-1, 1], so a sampler may clamp its x0 estimate there
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) data -> (B, C', H', W') latents."""
@@ -60,6 +65,70 @@ class IdentityCodec:
         return self
 
     def eval(self) -> IdentityCodec:
+        """Nothing to switch."""
+        return self
+
+
+class SignedDistanceCodec:
+    """Cardiac masks as nested signed distance maps: a smooth target for a mask generator.
+
+    A one-hot mask (B, 4, H, W) in [-1, 1] (background, RV, MYO, LV) becomes three maps: the heart disc (LV cavity +
+    myocardium), the LV cavity and the RV cavity, each the signed distance to the structure's edge in pixels
+    (positive inside), divided by ``scale`` and clipped to [-1, 1]. Decoding thresholds at 0: LV = disc and LV > 0,
+    myocardium = disc minus LV, RV = RV > 0 outside the disc. The nesting makes the myocardium a ring by
+    construction (the LV lies inside the disc), where a one-hot argmax leaves gaps wherever noise flips a thin ring
+    pixel, and distance maps vary smoothly, which a denoiser learns faster than class edges. Encoding runs scipy's
+    exact Euclidean distance transform on the CPU (a few ms per batch at 64x64).
+
+    Args:
+        scale: distance in pixels that maps to +-1 (beyond it the map saturates); ~1/8 of the slice size.
+
+    References:
+        Park et al., DeepSDF, CVPR 2019 (signed distance as a shape representation); Xue et al., Shape-aware organ
+        segmentation by predicting signed distance maps, AAAI 2020.
+    """
+
+    name = "signed_distance"
+    bounded = True
+    structures = ((2, 3), (3,), (1,))  # label values of the disc, LV cavity and RV cavity
+
+    def __init__(self, scale: float = 8.0):
+        if not scale > 0:
+            raise ValueError(f"scale must be a positive number of pixels, got {scale}")
+        self.scale = float(scale)
+
+    def _signed_distance(self, inside: np.ndarray) -> np.ndarray:
+        if not inside.any():
+            return np.full(inside.shape, -1.0, np.float32)
+        if inside.all():
+            return np.ones(inside.shape, np.float32)
+        d = np.where(inside, ndimage.distance_transform_edt(inside) - 0.5, 0.5 - ndimage.distance_transform_edt(~inside))
+        return np.clip(d / self.scale, -1.0, 1.0).astype(np.float32)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 4, H, W) one-hot masks in [-1, 1] (or (B, 1, H, W) integer labels) -> (B, 3, H, W) distance maps."""
+        labels = (x.argmax(1) if x.shape[1] > 1 else x[:, 0].round()).cpu().numpy()
+        maps = [[self._signed_distance(np.isin(m, values)) for values in self.structures] for m in labels]
+        return torch.from_numpy(np.asarray(maps, np.float32)).to(x.device)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) distance maps -> (B, 4, H, W) one-hot masks in [-1, 1]."""
+        disc, lv, rv = (z[:, i] > 0 for i in range(3))
+        labels = torch.zeros_like(disc, dtype=torch.long)
+        labels[rv & ~disc] = 1
+        labels[disc] = 2
+        labels[disc & lv] = 3
+        return F.one_hot(labels, 4).permute(0, 3, 1, 2).float() * 2.0 - 1.0
+
+    def latent_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """(3, H, W) of a one-hot mask shape (4, H, W)."""
+        return (len(self.structures), *shape[1:])
+
+    def to(self, device) -> SignedDistanceCodec:
+        """Nothing to move."""
+        return self
+
+    def eval(self) -> SignedDistanceCodec:
         """Nothing to switch."""
         return self
 
@@ -97,6 +166,7 @@ class AutoencoderCodec(nn.Module):
     """
 
     name = "autoencoder_kl"
+    bounded = False
 
     def __init__(self, autoencoder: KLAutoencoder, downsampling: int):
         super().__init__()

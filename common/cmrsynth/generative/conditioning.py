@@ -8,7 +8,7 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""Conditioning: the mask-conditioned network behind one signature, the (group, phase) class index, and
+"""Conditioning: the mask-conditioned network behind one signature, the (group, phase[, position]) class index, and
 classifier-free guidance."""
 
 from __future__ import annotations
@@ -80,41 +80,68 @@ class ConditionalDenoiser(nn.Module):
         return _CALLS[MaskMode(self.mask_mode)](self.network, x, timesteps, mask, class_labels)
 
 
-class ClassIndex:
-    """The one definition of the class embedding index: class = group_index * len(phases) + phase_index.
+def slice_level(slice_position: float | None, levels: Sequence[str]) -> str | None:
+    """The named third (or n-th) of the stack a slice lies in: ``slice_position`` 0 is the basal slice, 1 the apical
+    one (as ``scripts/prepare_data.py`` records it); ``levels`` in base-to-apex order; None when it is unknown."""
+    if slice_position is None or not levels:
+        return None
+    return levels[min(int(float(slice_position) * len(levels)), len(levels) - 1)]
 
-    An unknown or missing group or phase gets ``null_class`` = len(groups) * len(phases), the classifier-free
-    "no condition" class. With no groups there is no class embedding (``num_classes`` = 0).
+
+class ClassIndex:
+    """The one definition of the class embedding index:
+    class = (group_index * len(phases) + phase_index) * max(len(positions), 1) + position_index.
+
+    An unknown or missing group, phase or (with positions) slice position gets ``null_class``, the classifier-free
+    "no condition" class (the last embedding). With no groups there is no class embedding (``num_classes`` = 0).
 
     Args:
         groups: pathology groups in embedding order, e.g. ["NOR", "DCM", "HCM", "MINF", "RV"]; empty for none.
         phases: phases in embedding order.
+        positions: optional named levels of the stack, base to apex, e.g. ["basal", "mid", "apical"]: equal
+            thirds of the datalist's ``slice_position``; empty to leave position out of the class.
     """
 
-    def __init__(self, groups: Sequence[str] | None = (), phases: Sequence[str] = ("ED", "ES")):
-        self.groups, self.phases = list(groups or []), list(phases)
-        self.num_classes = len(self.groups) * len(self.phases)
+    def __init__(self, groups: Sequence[str] | None = (), phases: Sequence[str] = ("ED", "ES"),
+                 positions: Sequence[str] | None = ()):
+        self.groups, self.phases, self.positions = list(groups or []), list(phases), list(positions or [])
+        self.num_classes = len(self.groups) * len(self.phases) * max(len(self.positions), 1)
         self.null_class = self.num_classes if self.num_classes else None
 
-    def index(self, group, phase) -> int | None:
-        """Class of (group, phase); ``null_class`` when either is unknown; None without groups."""
+    def index(self, group, phase, position: str | None = None) -> int | None:
+        """Class of (group, phase[, position]); ``null_class`` when one is unknown; None without groups."""
         if not self.groups:
             return None
-        if group in self.groups and phase in self.phases:
-            return self.groups.index(group) * len(self.phases) + self.phases.index(phase)
-        return self.null_class
+        if group not in self.groups or phase not in self.phases:
+            return self.null_class
+        index = self.groups.index(group) * len(self.phases) + self.phases.index(phase)
+        if not self.positions:
+            return index
+        if position not in self.positions:
+            return self.null_class
+        return index * len(self.positions) + self.positions.index(position)
+
+    def position(self, entry: Mapping) -> str | None:
+        """An entry's named position: its ``position`` or the level of its ``slice_position``."""
+        return entry.get("position") or slice_level(entry.get("slice_position"), self.positions)
+
+    def index_of(self, entry: Mapping) -> int | None:
+        """Class of a datalist entry (``group``, ``phase``, and ``position`` / ``slice_position`` with positions)."""
+        return self.index(entry.get("group"), entry.get("phase"), self.position(entry))
 
     def labels(self, entries: Sequence[Mapping], device="cpu") -> torch.Tensor | None:
-        """Class index of each entry's (group, phase), or None without groups."""
+        """Class index of each entry, or None without groups."""
         if not self.groups:
             return None
-        return torch.tensor([self.index(e.get("group"), e.get("phase")) for e in entries], device=device)
+        return torch.tensor([self.index_of(e) for e in entries], device=device)
 
-    def plan(self, per_class: int) -> list[tuple[str | None, str | None, int | None]]:
-        """(group, phase, class) for ``per_class`` samples of every class; one unconditional class without groups."""
+    def plan(self, per_class: int) -> list[dict]:
+        """``per_class`` samples of every class, each {"group", "phase", "position", "class"} (position None without
+        positions); one unconditional class (all None) without groups."""
         if not self.groups:
-            return [(None, None, None)] * per_class
-        return [(g, p, self.index(g, p)) for g in self.groups for p in self.phases] * per_class
+            return [dict(group=None, phase=None, position=None, **{"class": None}) for _ in range(per_class)]
+        cells = [(g, p, pos) for g in self.groups for p in self.phases for pos in (self.positions or [None])]
+        return [dict(group=g, phase=p, position=pos, **{"class": self.index(g, p, pos)}) for g, p, pos in cells] * per_class
 
 
 def guided(network: Callable, x: torch.Tensor, t: torch.Tensor, mask: torch.Tensor | None,

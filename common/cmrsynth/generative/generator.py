@@ -110,7 +110,7 @@ class Generator:
                  num_inference_steps: int | None = 50, guidance_scale: float = 1.0, name: str = "generator"):
         self.network, self.objective = network, objective
         self.codec, self.classes = codec or IdentityCodec(), classes or ClassIndex()
-        if getattr(objective, "clip_sample", False) and not isinstance(self.codec, IdentityCodec):
+        if getattr(objective, "clip_sample", False) and not self.codec.bounded:
             raise ValueError(f"{name}: the objective clamps x0 to the pixel range [-1, 1] while sampling, which a "
                              f"{self.codec.name} latent space does not have; set clip_sample: false")
         self.data_channels, self.image_size = int(data_channels), int(image_size)
