@@ -103,7 +103,7 @@ def run(out: Path, n_per_group: int, size: int, seed: int, overwrite: bool, minu
         t.log_artifact(png)
         t.log_artifact(out / "prepared" / "summary.json")
         if minutes > 0:
-            summary["generated"] = train_and_sample(out, out / "prepared", size, minutes, steps, per_class=2)
+            summary["generated"] = train_and_sample(out, out / "prepared", size, minutes, steps, per_class=1)
             t.log_metrics({"mask_plausibility_rate": summary["generated"]["masks"]["plausibility_rate"],
                            "synthetic_images": summary["generated"]["images"]["generated"]})
             t.log_artifact(out / "mask_generator" / "eval" / "masks" / "masks.png")

@@ -13,7 +13,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cmrsynth.masks import plausibility, postprocess_mask, shape_distances, shape_stats
+from cmrsynth.masks import (mean_pairwise_dice, pairwise_dice, plausibility, postprocess_mask, shape_distances, shape_stats,
+                            slice_level_of)
 
 
 def _heart(n=48, lv=8, wall=4, rv=True):
@@ -87,3 +88,17 @@ def test_shape_distances_grow_with_difference():
     far = shape_distances(real, [("NOR/ED", shape_stats(_heart(lv=14), 1.0))])
     assert same["NOR/ED"]["lv_area"] == 0.0
     assert far["NOR/ED"]["lv_area"] > 300 and far["all"]["n_generated"] == 1
+
+
+def test_diversity_is_lower_for_a_varied_set():
+    same = np.stack([_heart(lv=8)] * 3)
+    varied = np.stack([_heart(lv=6), _heart(lv=9, rv=False), _heart(lv=12, wall=2)])
+    assert mean_pairwise_dice(same) == pytest.approx(1.0)
+    assert mean_pairwise_dice(varied) < 0.9 and np.isnan(mean_pairwise_dice(same[:1]))
+    dice = pairwise_dice(varied, same[:1])
+    assert dice.shape == (3, 1) and np.argmax(dice[:, 0]) == 1  # the LV-9 heart overlaps the LV-8 one most
+
+
+def test_slice_level_reads_position_or_slice_position():
+    assert [slice_level_of({"slice_position": p}) for p in (0.0, 0.5, 1.0)] == ["basal", "mid", "apical"]
+    assert slice_level_of({"position": "mid", "slice_position": 0.0}) == "mid" and slice_level_of({}) == "unknown"

@@ -274,7 +274,7 @@ def drawn_from_member_masks(synthetic_datalist: Path, entries: Sequence[dict]) -
     return np.array(flags, bool)
 
 
-def _mask_copies(synthetic: Sequence[dict], train: Sequence[dict], holdout: Sequence[dict], quantile: float):
+def mask_copies(synthetic: Sequence[dict], train: Sequence[dict], holdout: Sequence[dict], quantile: float):
     """Dice of each synthetic mask to its nearest training mask, and the (1 - quantile) quantile of the same for
     held-out masks; synthetic entries without a mask get Dice 0 (never removed on this ground)."""
     stack = lambda es: np.stack([e["mask"] for e in es])  # noqa: E731
@@ -308,7 +308,7 @@ def release(synthetic_datalist: str | Path, real_datalist: str | Path, out_path:
     threshold = privacy.copy_threshold(d_hold[:, 0], quantile)
     near = ~privacy.release_gate(d_syn, threshold)
     member_mask = drawn_from_member_masks(syn_json, syn)
-    mask_dice, mask_threshold = _mask_copies(syn, train, holdout, quantile)
+    mask_dice, mask_threshold = mask_copies(syn, train, holdout, quantile)
     near_mask = mask_dice > mask_threshold
     keep = ~near & ~member_mask & ~near_mask
     data = load_json(syn_json)

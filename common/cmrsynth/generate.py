@@ -71,14 +71,17 @@ def generate_masks(
     seed: int = 0,
     device: str | torch.device = "cpu",
     overwrite: bool = False,
+    only: dict | None = None,
 ) -> dict:
-    """Sample masks per (group, phase) of the generator's classes, clean them, check plausibility, write label
-    NIfTIs and a datalist. Sampler, steps and guidance default to the generator's own.
+    """Sample ``per_class`` masks for every class of the generator ((group, phase[, position])), or of the classes
+    ``only`` names (e.g. {"position": ["apical"]}), clean them, check plausibility before and after cleaning, write
+    label NIfTIs and a datalist. Sampler, steps and guidance default to the generator's own.
 
     Returns:
-        summary with counts, plausibility rate (before dropping), sampler, NFE and seconds per mask.
+        summary with counts, plausibility rate (before dropping; also before post-processing), failed checks,
+        sampler, NFE and seconds per mask.
     """
-    plan = generator.classes.plan(per_class)
+    plan = generator.classes.plan(per_class, only)
     rng = torch.Generator().manual_seed(seed)
     generator = generator.to(device).eval()
     t0 = time.perf_counter()

@@ -16,6 +16,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 
 import numpy as np
+import torch
 from scipy import ndimage
 from scipy.stats import wasserstein_distance
 
@@ -158,3 +159,28 @@ def shape_distances(
             row[key] = float(wasserstein_distance(a, b)) if len(a) and len(b) else float("nan")
         out[stratum] = row
     return out
+
+
+def pairwise_dice(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Dice of every mask of ``a`` (N, H, W) with every mask of ``b`` (M, H, W), RV, MYO and LV overlap pooled;
+    (N, M), 1.0 for identical masks (two empty masks included)."""
+    one_hot = lambda m: torch.nn.functional.one_hot(torch.as_tensor(np.asarray(m, np.int64)), 4)[..., 1:].flatten(1).float()  # noqa: E731
+    x, y = one_hot(a), one_hot(b)
+    total = x.sum(1, keepdim=True) + y.sum(1)[None, :]
+    return torch.where(total > 0, 2 * (x @ y.T) / total.clamp(min=1), torch.ones_like(total)).numpy()
+
+
+def mean_pairwise_dice(masks: np.ndarray) -> float:
+    """Mean Dice over all pairs of distinct masks of a set (N, H, W): its diversity, lower is more varied; NaN for
+    fewer than two masks."""
+    if len(masks) < 2:
+        return float("nan")
+    dice = pairwise_dice(masks, masks)
+    return float(dice[~np.eye(len(dice), dtype=bool)].mean())
+
+
+def slice_level_of(entry: dict) -> str:
+    """basal / mid / apical third of a datalist entry (its ``position`` or ``slice_position``)."""
+    from cmrsynth.generative.conditioning import slice_level
+
+    return entry.get("position") or slice_level(entry.get("slice_position"), ("basal", "mid", "apical")) or "unknown"

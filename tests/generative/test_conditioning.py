@@ -84,6 +84,12 @@ def test_class_index_with_slice_positions():
     assert classes.index_of({"group": "HCM", "phase": "ED", "position": "mid"}) == 7
     plan = classes.plan(1)
     assert len(plan) == 12 and [c["class"] for c in plan] == list(range(12)) and plan[5]["position"] == "apical"
+    apical_hcm = classes.plan(2, only={"position": ["apical"], "group": ["HCM"]})
+    assert [c["class"] for c in apical_hcm] == [8, 11, 8, 11]
+    with pytest.raises(ValueError, match=r"position=\['apex'\].*allowed: \['basal', 'mid', 'apical'\]"):
+        classes.plan(1, only={"position": ["apex"]})
+    with pytest.raises(ValueError, match="allowed: keys"):
+        classes.plan(1, only={"size": ["big"]})
 
 
 def test_concat_resizes_a_full_resolution_mask_to_a_latent_grid():

@@ -135,13 +135,27 @@ class ClassIndex:
             return None
         return torch.tensor([self.index_of(e) for e in entries], device=device)
 
-    def plan(self, per_class: int) -> list[dict]:
+    def plan(self, per_class: int, only: Mapping[str, Sequence[str]] | None = None) -> list[dict]:
         """``per_class`` samples of every class, each {"group", "phase", "position", "class"} (position None without
-        positions); one unconditional class (all None) without groups."""
+        positions); one unconditional class (all None) without groups.
+
+        Args:
+            per_class: samples per class.
+            only: draw only these classes, e.g. {"position": ["apical"]} or {"group": ["HCM"], "phase": ["ES"]}.
+        """
         if not self.groups:
+            if only:
+                raise ValueError(f"only={dict(only)} needs a class-conditional generator; this one has no classes")
             return [dict(group=None, phase=None, position=None, **{"class": None}) for _ in range(per_class)]
-        cells = [(g, p, pos) for g in self.groups for p in self.phases for pos in (self.positions or [None])]
-        return [dict(group=g, phase=p, position=pos, **{"class": self.index(g, p, pos)}) for g, p, pos in cells] * per_class
+        known = {"group": self.groups, "phase": self.phases, "position": self.positions}
+        for key, values in (only or {}).items():
+            unknown = list(values) if key not in known else [v for v in values if v not in known[key]]
+            if key not in known or unknown:
+                allowed = known.get(key) or f"keys {sorted(k for k, v in known.items() if v)}"
+                raise ValueError(f"only: {key}={unknown} is not a class of this generator; allowed: {allowed}")
+        cells = [dict(group=g, phase=p, position=pos) for g in self.groups for p in self.phases for pos in (self.positions or [None])]
+        cells = [c for c in cells if all(c[k] in v for k, v in (only or {}).items())]
+        return [{**c, "class": self.index(c["group"], c["phase"], c["position"])} for c in cells] * per_class
 
 
 def guided(network: Callable, x: torch.Tensor, t: torch.Tensor, mask: torch.Tensor | None,
