@@ -24,6 +24,18 @@ LABELS: dict[int, str] = {0: "background", 1: "rv", 2: "myo", 3: "lv"}
 #: Structure names to values, for the foreground only.
 STRUCTURES: dict[str, int] = {"rv": 1, "myo": 2, "lv": 3}
 NUM_CLASSES = len(LABELS)
+#: named thirds of a short-axis stack, base to apex (the datalist's ``slice_position`` runs 0 at the base to 1)
+SLICE_LEVELS = ("basal", "mid", "apical")
+
+
+def slice_level(slice_position: float | None, levels=SLICE_LEVELS) -> str | None:
+    """The named equal part of the stack (``levels``, base to apex) a slice at ``slice_position`` lies in; None
+    when the position or the levels are unknown."""
+    if slice_position is None or not levels:
+        return None
+    return levels[min(int(float(slice_position) * len(levels)), len(levels) - 1)]
+
+
 #: `channel_def` as written into every bundle's metadata.json.
 CHANNEL_DEF: dict[str, str] = {"0": "background", "1": "RV cavity", "2": "myocardium", "3": "LV cavity"}
 

@@ -20,7 +20,7 @@ import torch
 from scipy import ndimage
 from scipy.stats import wasserstein_distance
 
-from cmrsynth.labels import STRUCTURES
+from cmrsynth.labels import STRUCTURES, slice_level
 
 
 def largest_component(binary: np.ndarray) -> np.ndarray:
@@ -180,7 +180,5 @@ def mean_pairwise_dice(masks: np.ndarray) -> float:
 
 
 def slice_level_of(entry: dict) -> str:
-    """basal / mid / apical third of a datalist entry (its ``position`` or ``slice_position``)."""
-    from cmrsynth.generative.conditioning import slice_level
-
-    return entry.get("position") or slice_level(entry.get("slice_position"), ("basal", "mid", "apical")) or "unknown"
+    """basal / mid / apical third of a datalist entry (its ``position`` or ``slice_position``), or "unknown"."""
+    return entry.get("position") or slice_level(entry.get("slice_position")) or "unknown"

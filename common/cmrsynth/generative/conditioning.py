@@ -21,6 +21,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from monai.networks.nets import SPADEDiffusionModelUNet
 
+from cmrsynth.labels import slice_level
+
 
 class MaskMode(str, Enum):
     """How the one-hot mask reaches the network."""
@@ -78,14 +80,6 @@ class ConditionalDenoiser(nn.Module):
         if self.mask_mode != "none" and mask is None:
             raise ValueError(f"mask_mode {self.mask_mode!r} needs a mask")
         return _CALLS[MaskMode(self.mask_mode)](self.network, x, timesteps, mask, class_labels)
-
-
-def slice_level(slice_position: float | None, levels: Sequence[str]) -> str | None:
-    """The named third (or n-th) of the stack a slice lies in: ``slice_position`` 0 is the basal slice, 1 the apical
-    one (as ``scripts/prepare_data.py`` records it); ``levels`` in base-to-apex order; None when it is unknown."""
-    if slice_position is None or not levels:
-        return None
-    return levels[min(int(float(slice_position) * len(levels)), len(levels) - 1)]
 
 
 class ClassIndex:
