@@ -54,7 +54,8 @@ def test_masks_then_images_chain(prepared, tmp_path):
     assert (mg / "models" / "best_ema.pt").is_file()
     run_bundle(MASKS, INFER, mg, _tiny(per_class=1, num_inference_steps=3, keep_implausible=True))
     masks = json.loads((mg / "eval" / "masks" / "datalist.json").read_text())
-    assert len(masks["synthetic"]) == 10 and {e["group"] for e in masks["synthetic"]} == {"NOR", "DCM", "HCM", "MINF", "RV"}
+    assert len(masks["synthetic"]) == 30 and {e["group"] for e in masks["synthetic"]} == {"NOR", "DCM", "HCM", "MINF", "RV"}
+    assert {e["position"] for e in masks["synthetic"]} == {"basal", "mid", "apical"}  # one class per (group, phase, position)
 
     run_bundle(IMAGES, TRAIN, dd, _tiny(dataset_dir=str(prepared), max_epochs=1, class_conditional=True,
                                         condition_dropout=0.2))
@@ -65,7 +66,7 @@ def test_masks_then_images_chain(prepared, tmp_path):
     assert set(losses) == {"raw", "ema"} and all(0 < v < 10 for v in losses.values())
     out = dd / "eval" / "images"
     items = load_decathlon_datalist(str(out / "datalist.json"), True, "training")  # what seg_utility reads
-    assert len(items) == 10 and all(i["image"].endswith(".nii.gz") for i in items)
+    assert len(items) == 30 and all(i["image"].endswith(".nii.gz") for i in items)
     assert (out / "samples.png").is_file()
     _check_privacy_audit(prepared, dd, out / "datalist.json")
 
