@@ -248,11 +248,12 @@ def bundle_inputs(
 
     Args:
         datalists: each ``{"datalist": path, "sections": [...]}`` or ``{"datalist": path, "key": section}`` (the form of
-            seg_utility's ``sources``).
+            seg_utility's ``sources``); with ``"optional": True`` a null datalist is skipped.
         outputs: folders the run writes (models/, eval/...): none may equal, lie inside or contain an input.
         image_size: the square slice size the bundle is configured for (None: not checked).
         keys: entry fields that must name files.
-        files: other input files that must exist (e.g. a checkpoint the run starts from).
+        files: other input files that must exist (e.g. a checkpoint the run starts from): paths, or
+            ``{"path": ..., "problem": "what to say when it is missing"}``.
 
     Returns:
         True (so a ``$`` expression can chain on it).
@@ -260,13 +261,16 @@ def bundle_inputs(
     try:
         inputs = []
         for item in datalists:
+            if item.get("optional") and item.get("datalist") in (None, "", "None"):
+                continue
             sections = item.get("sections") or [item.get("key", "training")]
             check_datalist(item.get("datalist"), sections, keys, (image_size, image_size) if image_size else None)
             inputs.append(datalist_file(item["datalist"]).parent)
         for f in files:
-            if not Path(f).is_file():
-                raise CMRDataError(f, "input file not found")
-            inputs.append(f)
+            path, problem = (f["path"], f["problem"]) if isinstance(f, Mapping) else (f, "input file not found")
+            if not Path(path).is_file():
+                raise CMRDataError(path, problem)
+            inputs.append(path)
         for out in outputs:
             check_output_path(out, inputs)
     except CMRDataError as exc:
