@@ -42,8 +42,8 @@ def _open(path: str | Path) -> nib.Nifti1Image:
         raise _read_error(path, exc) from None
 
 
-def read_spacing(path: str | Path, limits: GeometryLimits = GeometryLimits()) -> tuple[float, float, float]:
-    """Voxel spacing (mm) of the first three axes from the header alone, checked like ``load_volume``'s."""
+def read_spacing(path: str | Path, limits: GeometryLimits = GeometryLimits(check=False)) -> tuple[float, float, float]:
+    """Voxel spacing (mm) of the first three axes from the header alone: finite and positive, in range with ``limits``."""
     header = _open(path).header
     zooms = _spacing(header)
     check_spacing(path, zooms, limits)
