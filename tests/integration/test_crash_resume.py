@@ -30,9 +30,9 @@ from tests.integration.warm_bundle import WarmBundleLauncher
 
 pytestmark = pytest.mark.integration
 BUNDLES = REPO / "bundles"
-EPOCHS, EPOCH_LENGTH = 5, 3
+EPOCHS, EPOCH_LENGTH = 4, 3
 TINY = {"image_size": 32, "channels": [8, 16], "attention_levels": [False, True], "norm_num_groups": 8,
-        "num_head_channels": 8, "batch_size": 8, "epoch_length": EPOCH_LENGTH, "val_interval": 1, "max_epochs": EPOCHS,
+        "num_head_channels": 8, "batch_size": 8, "epoch_length": EPOCH_LENGTH, "val_interval": 100, "max_epochs": EPOCHS,
         "progress_bar": False}
 GENERATOR = ["common.yaml", "train.yaml"]
 #: trainer -> (bundle, configs, overrides beyond TINY, checkpoint folder under the bundle root)
