@@ -101,7 +101,7 @@ class WarmBundleLauncher:
             os.kill(pid, signal.SIGKILL)
             raise
 
-    def kill_when(self, pid: int, ready, delay: float, timeout: float = 120) -> int:
+    def kill_when(self, pid: int, ready, delay: float, timeout: float = 900) -> int:
         """SIGKILL run ``pid`` ``delay`` seconds after ``ready()`` turns true; returns its exit code."""
         deadline = time.monotonic() + timeout
         while not ready():
