@@ -74,7 +74,7 @@ def dp_training_facts(root: Path) -> dict:
     from cmrsynth.dp import budget_spent
 
     dp = ConfigParser.load_config_file(str(DDPM / "configs" / "dp_train.yaml"))
-    state = torch.load(root / "models" / "checkpoint_final.pt", map_location="cpu", weights_only=False)
+    state = torch.load(root / "models" / "checkpoint_final.pt", map_location="cpu", weights_only=True)
     if "dp" not in state:
         raise SystemExit(f"{root}: the checkpoint holds no DP-SGD accountant (did training run with dp_train.yaml?)")
     return {"max_grad_norm": dp["dp_max_grad_norm"], **training_facts(root), **budget_spent(state["dp"], dp["dp_delta"])}

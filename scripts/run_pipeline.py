@@ -29,9 +29,10 @@ from pathlib import Path
 
 
 from cmrsynth.bundle_run import run_bundle
+from cmrsynth.data.checks import EXIT_BAD_INPUT, error_line
 from cmrsynth.data.acdc import read_acdc
 from cmrsynth.data.phantom import write_phantom_cohort
-from cmrsynth.data.prepare import PrepareConfig, duplicate_lines, prepare_cohort
+from cmrsynth.data.prepare import PrepareConfig, duplicate_lines, prepare_cohort, skipped_lines
 from cmrsynth.errors import CMRDataError
 from cmrsynth.report import datalist_preview
 from cmrsynth.tracking import tracked_run, tracking_uri
@@ -131,12 +132,12 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out).absolute()
     try:
         summary = run(out, args.n_per_group, args.size, args.seed, args.overwrite, args.train_minutes, args.ddim_steps)
-    except (CMRDataError, FileExistsError, ValueError, RuntimeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except (CMRDataError, FileExistsError, ValueError, RuntimeError, OSError) as exc:
+        print(error_line(exc), file=sys.stderr)
+        return EXIT_BAD_INPUT
     print(f"phantom cohort: {summary['patients']} patients, split {summary['patients_per_split']}")
     print(f"prepared slices: {summary['slices']} at {summary['size']}x{summary['size']} ({summary['spacing_mm']} mm), {summary['slices_per_split']}")
-    print("\n".join(duplicate_lines(summary)))
+    print("\n".join(duplicate_lines(summary) + skipped_lines(summary)))
     if "generated" in summary:
         m, i = summary["generated"]["masks"], summary["generated"]["images"]
         print(f"synthetic masks: {m['generated']} ({m['plausibility_rate']:.0%} plausible) -> {out / 'mask_generator/eval/masks'}")

@@ -93,3 +93,54 @@ def test_validate_at_end_when_stopped_on_a_validation_iteration():
     trainer.add_event_handler(Events.ITERATION_COMPLETED(once=6), lambda e: e.terminate())  # 3 iterations per epoch
     trainer.run()
     assert validator.epochs == [2]
+
+
+def test_resume_never_loads_a_torn_or_foreign_checkpoint(tmp_path):
+    """A newer checkpoint that does not load with weights_only=True (torn, or holding arbitrary objects) is skipped
+    with a warning; training resumes from the last complete one."""
+    import os
+    import pickle
+
+    from cmrsynth.engines import load_checkpoint
+    from cmrsynth.errors import CMRDataError
+
+    net = torch.nn.Linear(5, 1)
+    _trainer(net, 2, [ResumableCheckpoint(tmp_path, {"network": net})]).run()
+    (tmp_path / "checkpoint_final.pt").unlink()
+    good = tmp_path / "checkpoint_epoch=2.pt"
+    torn = tmp_path / "checkpoint_epoch=3.pt"
+    torn.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    foreign = tmp_path / "checkpoint_epoch=4.pt"
+    foreign.write_bytes(pickle.dumps({"payload": _Unsafe()}))  # a pickle with a class weights_only refuses
+    now = good.stat().st_mtime_ns
+    os.utime(torn, ns=(now + 10**9, now + 10**9))
+    os.utime(foreign, ns=(now + 2 * 10**9, now + 2 * 10**9))
+    for bad in (torn, foreign):
+        with pytest.raises(CMRDataError, match=f"{bad.name}: not a loadable checkpoint"):
+            load_checkpoint(bad)
+    net2 = torch.nn.Linear(5, 1)
+    trainer = _trainer(net2, 3, [ResumableCheckpoint(tmp_path, {"network": net2})])
+    trainer.run()
+    assert trainer.state.iteration == 9 and not _Unsafe.loaded
+    torch.testing.assert_close(load_checkpoint(tmp_path / "checkpoint_final.pt")["network"]["weight"], net2.weight.detach())
+
+
+def test_resume_refuses_when_no_checkpoint_loads(tmp_path):
+    from cmrsynth.errors import CMRDataError
+
+    (tmp_path / "checkpoint_epoch=1.pt").write_bytes(b"PK\x03\x04 not a zip")
+    net = torch.nn.Linear(5, 1)
+    with pytest.raises(CMRDataError, match="no checkpoint loads"):
+        _trainer(net, 2, [ResumableCheckpoint(tmp_path, {"network": net})]).run()
+
+
+class _Unsafe:
+    loaded = False
+
+    def __reduce__(self):
+        return (_Unsafe._mark, ())
+
+    @staticmethod
+    def _mark():
+        _Unsafe.loaded = True
+        return _Unsafe()

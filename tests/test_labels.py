@@ -28,7 +28,7 @@ def test_mnms_converts_lv_and_rv_swapped():
 
 
 def test_unknown_values_and_convention_are_refused():
-    assert unknown_label_values(np.array([0, 1, 4, 2.5])) == [2, 4]  # 2.5 is reported rounded
+    assert unknown_label_values(np.array([0, 1, 4, 2.5])) == [2.5, 4]  # reported as they are, not rounded
     with pytest.raises(ValueError, match=r"\[4\]"):
         to_canonical(np.array([0, 4]), "acdc")
     with pytest.raises(ValueError, match="allowed"):

@@ -227,7 +227,7 @@ def validation_losses(bundle: Path, data: Path, root: Path, overrides: dict | No
     parser = ConfigParser()
     parser.read_config([str(bundle / "configs" / c) for c in ("common.yaml", "train.yaml")])
     parser.update({"bundle_root": str(root), "dataset_dir": str(data), "device": "$torch.device('cpu')", **(overrides or {})})
-    state = torch.load(root / "models" / "checkpoint_final.pt", map_location="cpu", weights_only=False)
+    state = torch.load(root / "models" / "checkpoint_final.pt", map_location="cpu", weights_only=True)
     network, ema = parser.get_parsed_content("network"), parser.get_parsed_content("ema")
     network.load_state_dict(state["network"])
     ema.load_state_dict(state["ema"])

@@ -78,8 +78,8 @@ def run_bundle(
 
 def trainer_progress(checkpoint: str | Path) -> dict:
     """Epoch and iteration stored in a ResumableCheckpoint file."""
-    import torch
+    from cmrsynth.engines import load_checkpoint
 
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)["trainer"]
+    state = load_checkpoint(checkpoint)["trainer"]
     iteration = int(state["iteration"])  # ignite keeps the iteration; the epoch follows from the epoch length
     return {"epoch": iteration // int(state["epoch_length"]), "iteration": iteration}

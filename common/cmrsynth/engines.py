@@ -15,13 +15,23 @@ What a generator is (objectives, conditioning, samplers) lives in ``cmrsynth.gen
 
 from __future__ import annotations
 
+import logging
 import os
+import signal
 import time
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 import torch.nn as nn
+
+from cmrsynth.errors import CMRDataError
+
+#: crash-test hook (tests/integration/test_crash_resume.py): ``save:N`` SIGKILLs this process inside its N-th checkpoint
+#: write, after half the bytes reached the temporary file; ``iteration:N`` SIGKILLs it when global iteration N ends.
+#: Unset in normal runs; it exists so that the tests can kill a real run at a chosen point, torn write included.
+CRASH_ENV = "CMRSYNTH_CRASH_AT"
+_saves_in_this_process = 0
 
 
 class EMAUpdater:
@@ -135,16 +145,48 @@ def _is_rank0() -> bool:
     return not _distributed() or torch.distributed.get_rank() == 0
 
 
+def _crash_point(kind: str) -> int | None:
+    value = os.environ.get(CRASH_ENV, "")
+    return int(value.split(":")[1]) if value.startswith(f"{kind}:") else None
+
+
+def checkpoints_newest_first(folder: str | Path, prefix: str = "checkpoint") -> list[Path]:
+    """The ``<prefix>*.pt`` files in ``folder``, newest first (by modification time, ns)."""
+    folder = Path(folder)
+    files = list(folder.glob(f"{prefix}*.pt")) if folder.is_dir() else []
+    return sorted(files, key=lambda p: p.stat().st_mtime_ns, reverse=True)
+
+
 def latest_checkpoint(folder: str | Path, prefix: str = "checkpoint") -> str | None:
     """The newest ``<prefix>*.pt`` file in ``folder`` (by modification time), or None: the resume point."""
-    folder = Path(folder)
-    files = sorted(folder.glob(f"{prefix}*.pt"), key=lambda p: p.stat().st_mtime) if folder.is_dir() else []
-    return str(files[-1]) if files else None
+    files = checkpoints_newest_first(folder, prefix)
+    return str(files[0]) if files else None
+
+
+def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
+    """Load a checkpoint with ``weights_only=True`` (tensors and plain containers only, never arbitrary objects).
+
+    Raises:
+        CMRDataError: a torn, corrupt or non-checkpoint file, naming it.
+    """
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torn zip, bad pickle, or objects that weights_only refuses
+        raise CMRDataError(path, f"not a loadable checkpoint ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})") from None
+    if not isinstance(state, dict):
+        raise CMRDataError(path, f"checkpoint holds a {type(state).__name__}; expected a dict of states")
+    return state
 
 
 def _save_atomic(obj, path: Path) -> None:
+    global _saves_in_this_process
+    _saves_in_this_process += 1
     tmp = path.with_name(f".{path.name}.tmp")
     torch.save(obj, tmp)
+    if _crash_point("save") == _saves_in_this_process:  # crash test: a torn temporary file, then SIGKILL
+        with open(tmp, "r+b") as f:
+            f.truncate(os.path.getsize(tmp) // 2)
+        os.kill(os.getpid(), signal.SIGKILL)
     os.replace(tmp, path)
 
 
@@ -177,17 +219,40 @@ class ResumableCheckpoint:
         engine.add_event_handler(Events.STARTED, self.resume)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self.save_epoch)
         engine.add_event_handler(Events.COMPLETED, self.save_final)
+        if _crash_point("iteration") is not None:
+            engine.add_event_handler(Events.ITERATION_COMPLETED, self._crash_test_kill)
+
+    @staticmethod
+    def _crash_test_kill(engine) -> None:
+        if engine.state.iteration == _crash_point("iteration"):
+            os.kill(os.getpid(), signal.SIGKILL)
 
     def _state(self) -> dict:
         return {k: v.state_dict() for k, v in self.objects.items()}
 
     def resume(self, engine) -> None:
-        """Load the newest checkpoint into every object, keeping the configured run length."""
-        path = latest_checkpoint(self.save_dir)
-        if path is None:
+        """Load the newest loadable checkpoint into every object, keeping the configured run length.
+
+        Checkpoints load with ``weights_only=True``. A file that does not load (torn by a crash on a file system
+        without atomic rename, or damaged later) is never used: the next older one is tried, with a warning.
+
+        Raises:
+            CMRDataError: checkpoints exist but none loads.
+        """
+        candidates = checkpoints_newest_first(self.save_dir)
+        if not candidates:
             return
+        state, path, refused = None, None, []
+        for candidate in candidates:
+            try:
+                state, path = load_checkpoint(candidate), str(candidate)
+                break
+            except CMRDataError as exc:
+                refused.append(str(exc))
+                logging.getLogger(__name__).warning(f"skipping {exc}")
+        if state is None:
+            raise CMRDataError(self.save_dir, f"no checkpoint loads: {refused}; move them away to start over")
         max_epochs, epoch_length = engine.state.max_epochs, engine.state.epoch_length
-        state = torch.load(path, map_location="cpu", weights_only=False)
         missing = [k for k in self.objects if k not in state]
         if missing:
             raise ValueError(f"{path}: checkpoint lacks {missing}; it holds {sorted(state)}")

@@ -55,10 +55,10 @@ _TO_CANONICAL: dict[LabelConvention, np.ndarray] = {
 
 
 def unknown_label_values(label: np.ndarray) -> list[int]:
-    """Return the sorted values in ``label`` that are not in 0..3 (non-integers are reported rounded)."""
+    """Return the sorted values in ``label`` that are not in 0..3, as they are (2.5 stays 2.5; integral ones as int)."""
     values = np.unique(label)
-    bad = [v for v in values if not (float(v).is_integer() and 0 <= v < NUM_CLASSES)]
-    return sorted(int(round(float(v))) if np.isfinite(v) else v for v in bad)
+    bad = [float(v) for v in values if not (float(v).is_integer() and 0 <= v < NUM_CLASSES)]
+    return sorted(int(v) if v.is_integer() else v for v in bad)
 
 
 def to_canonical(label: np.ndarray, convention: str | LabelConvention) -> np.ndarray:
@@ -83,6 +83,44 @@ def to_canonical(label: np.ndarray, convention: str | LabelConvention) -> np.nda
     if bad:
         raise ValueError(f"label values {bad} are outside 0..3")
     return _TO_CANONICAL[convention][np.asarray(label).astype(np.int64)]
+
+
+def myocardium_enclosure(label: np.ndarray, value: int) -> float | None:
+    """Share of the one-pixel ring around structure ``value`` that is myocardium, over the mid slices of a mask.
+
+    In the canonical convention the LV cavity (3) is enclosed by myocardium (about 0.9 on ACDC) while the RV cavity
+    (1) only touches the septum (about 0.3), which is what tells a swapped convention apart.
+
+    Args:
+        label: canonical (X, Y, S) mask.
+        value: the structure whose ring is measured.
+
+    Returns:
+        the share in [0, 1], or None when no slice holds all three structures.
+    """
+    from scipy.ndimage import binary_dilation
+
+    has_all = [s for s in range(label.shape[2]) if all((label[..., s] == v).any() for v in STRUCTURES.values())]
+    if not has_all:
+        return None
+    third = max(1, len(has_all) // 3)
+    mid = has_all[(len(has_all) - third) // 2 :][:third]
+    ring_myo = ring = 0
+    for s in mid:
+        region = label[..., s] == value
+        edge = binary_dilation(region) & ~region
+        ring += int(edge.sum())
+        ring_myo += int((edge & (label[..., s] == STRUCTURES["myo"])).sum())
+    return ring_myo / ring if ring else None
+
+
+def looks_swapped(label: np.ndarray) -> bool | None:
+    """True when a canonical mask's RV value looks like an LV (more enclosed by myocardium than the LV value) or the
+    RV does not touch the myocardium; None when it cannot tell (a structure missing from every slice)."""
+    lv, rv = myocardium_enclosure(label, STRUCTURES["lv"]), myocardium_enclosure(label, STRUCTURES["rv"])
+    if lv is None or rv is None:
+        return None
+    return rv >= lv
 
 
 def one_hot(label: np.ndarray) -> np.ndarray:

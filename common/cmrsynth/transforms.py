@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
-from cmrsynth.data.nifti import check_label, load_volume
+from cmrsynth.data.checks import GeometryLimits, check_allocation
+from cmrsynth.data.nifti import load_frame
 from cmrsynth.errors import CMRDataError
 from cmrsynth.labels import NUM_CLASSES, to_canonical
 
@@ -34,25 +35,29 @@ class LoadCardiacFramed(MapTransform):
     """Load a frame's image and (optional) label as checked (X, Y, S) arrays in the canonical label convention.
 
     Reads ``d["image"]``, ``d["label"]`` (paths; label may be None), ``d.get("time_index")`` and
-    ``d.get("label_convention", "acdc")``; writes the arrays back and ``d["spacing"]`` (mm).
+    ``d.get("label_convention", "acdc")``; writes the arrays back and ``d["spacing"]`` (mm). Geometry is checked
+    (``cmrsynth.data.nifti.load_frame``): spacing within ``limits``, valid affines that agree, integer labels.
+
+    Args:
+        image_key: key of the image path.
+        label_key: key of the label path.
+        limits: the geometry checks (``cmrsynth.data.checks.GeometryLimits``).
     """
 
-    def __init__(self, image_key: str = "image", label_key: str = "label"):
+    def __init__(self, image_key: str = "image", label_key: str = "label", limits: GeometryLimits = GeometryLimits()):
         super().__init__([image_key, label_key], allow_missing_keys=True)
-        self.image_key, self.label_key = image_key, label_key
+        self.image_key, self.label_key, self.limits = image_key, label_key, limits
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
         image_path, label_path = d[self.image_key], d.get(self.label_key)
-        image, spacing = load_volume(image_path, d.get("time_index"))
+        image, label, spacing = load_frame(image_path, label_path, d.get("time_index"), self.limits)
         d["spacing"] = spacing
         d["source_image"] = str(image_path)
         d[self.image_key] = image
-        if label_path is None:
+        if label is None:
             d.pop(self.label_key, None)
         else:
-            label, _ = load_volume(label_path, d.get("time_index"))
-            check_label(label, label_path, image.shape)
             d[self.label_key] = to_canonical(label, d.get("label_convention", "acdc"))
         return d
 
@@ -92,6 +97,10 @@ class ResampleInPlaned(MapTransform):
         d = dict(data)
         sx, sy, sz = d["spacing"]
         for key in self.key_iterator(d):
+            shape = d[key].shape
+            size = (round(shape[0] * sx / self.spacing), round(shape[1] * sy / self.spacing))
+            channels = NUM_CLASSES if key == self.label_key else 1
+            check_allocation(d.get("source_image", key), (shape[2], channels, *size), 8, f"resampling to {self.spacing:g} mm")
             d[key] = resample_in_plane(d[key], (sx, sy), self.spacing, is_label=(key == self.label_key))
         d["spacing"] = (self.spacing, self.spacing, sz)
         return d

@@ -33,7 +33,7 @@ def test_loads_3d_volume_with_spacing(tmp_path):
 
 def test_picks_a_frame_of_a_4d_cine(tmp_path):
     cine = np.stack([np.full((4, 4, 3), t, np.int16) for t in range(5)], axis=-1)
-    nib.save(nib.Nifti1Image(cine, np.eye(4)), str(tmp_path / "c.nii.gz"))
+    _save(tmp_path / "c.nii.gz", cine)
     data, _ = load_volume(tmp_path / "c.nii.gz", time_index=3)
     assert data.shape == (4, 4, 3) and float(data.mean()) == 3.0
     with pytest.raises(CMRDataError, match="frame 7 requested but the file has 5 frames"):
@@ -42,7 +42,7 @@ def test_picks_a_frame_of_a_4d_cine(tmp_path):
 
 def test_4d_where_3d_expected(tmp_path):
     path = tmp_path / "c.nii.gz"
-    nib.save(nib.Nifti1Image(np.zeros((4, 4, 3, 2), np.int16), np.eye(4)), str(path))
+    _save(path, np.zeros((4, 4, 3, 2), np.int16))
     with pytest.raises(CMRDataError, match="4D image of shape") as err:
         load_volume(path)
     assert str(path) in str(err.value)

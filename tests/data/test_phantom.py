@@ -62,7 +62,8 @@ def test_seeded_and_bad_arguments(tmp_path):
 
 
 def test_cohort_layout(phantom_cohort_master):
-    folders = sorted(p.name for p in phantom_cohort_master.iterdir())
+    folders = sorted(p.name for p in phantom_cohort_master.iterdir() if p.name != ".cmrsynth-output.json")
     assert folders == [f"patient{i:03d}" for i in range(1, 6)]
+    assert (phantom_cohort_master / ".cmrsynth-output.json").is_file()  # written by cmr-synth: overwrite may replace it
     files = sorted(p.name for p in (phantom_cohort_master / "patient001").iterdir())
     assert files[0] == "Info.cfg" and "patient001_frame01_gt.nii.gz" in files and len(files) == 5

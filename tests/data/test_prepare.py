@@ -125,7 +125,7 @@ def _empty_mask(c):
 
 
 def _no_patients(c):
-    for folder in list(c.iterdir()):
+    for folder in [p for p in c.iterdir() if p.is_dir()]:
         shutil.rmtree(folder)
     return c, "no patient folders"
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 
 import nibabel as nib
 import pytest
@@ -184,34 +183,6 @@ def test_training_is_tracked_in_mlflow(prepared, tmp_path, monkeypatch):
     runs = client.search_runs([exp.experiment_id])
     metrics = set().union(*(r.data.metrics for r in runs))
     assert "train_loss" in metrics and "val_mse" in metrics
-
-
-def _saved_epoch(root) -> int:
-    epochs = [int(p.stem.split("=")[1]) for p in (root / "models").glob("checkpoint_epoch=*.pt")]
-    return max(epochs, default=0)
-
-
-def test_killed_training_resumes_from_its_last_checkpoint(prepared, tmp_path):
-    overrides = _tiny(dataset_dir=str(prepared), max_epochs=12)
-    files = json.dumps([str(MASKS / "configs" / c) for c in TRAIN])
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--bundle_root", str(tmp_path), "--config_file", files,
-           *override_args(overrides)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while _saved_epoch(tmp_path) < 2 and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    proc.kill()
-    proc.wait()
-    killed_at = _saved_epoch(tmp_path)
-    assert 2 <= killed_at < 12 and not (tmp_path / "models" / "checkpoint_final.pt").exists(), "killed mid-training"
-    log = tmp_path / "rerun.log"
-    run_bundle(MASKS, TRAIN, tmp_path, overrides, log=log)  # the same command again
-    assert "resumed from" in log.read_text()
-    assert trainer_progress(tmp_path / "models" / "checkpoint_final.pt") == {"epoch": 12, "iteration": 36}
-    assert "Epoch: 1/12" not in log.read_text(), "the rerun started over"
-    assert f"Epoch: {killed_at + 1}/12" in log.read_text()
-    state = torch.load(tmp_path / "models" / "checkpoint_final.pt", weights_only=False)
-    assert set(state) == {"network", "ema", "optimizer", "card", "trainer"}
 
 
 def test_two_process_ddp_training_with_torchrun(prepared, tmp_path):

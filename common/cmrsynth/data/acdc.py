@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cmrsynth.data.records import Frame, PatientRecord
+from cmrsynth.data.records import Cohort, Frame, PatientRecord, list_subfolders
 from cmrsynth.data.nifti import read_spacing
 from cmrsynth.errors import CMRDataError
 
@@ -86,13 +86,17 @@ def read_acdc_patient(folder: str | Path) -> PatientRecord:
 def read_acdc(root: str | Path) -> list[PatientRecord]:
     """Read every ``patient*`` folder under ``root`` (ACDC training or testing layout).
 
+    Patient folders that cannot be read (a symlink loop, a broken link, no permission) are skipped and listed in the
+    returned Cohort's ``skipped`` with the reason.
+
     Raises:
         CMRDataError: ``root`` missing or holding no patient folders, or a bad patient folder.
     """
     root = Path(root)
     if not root.is_dir():
         raise CMRDataError(root, "cohort folder not found")
-    folders = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("patient"))
+    folders, skipped = list_subfolders(root, "patient")
     if not folders:
-        raise CMRDataError(root, "no patient folders (expected patientNNN/ with Info.cfg, as in ACDC)")
-    return [read_acdc_patient(f) for f in folders]
+        why = f"; skipped: {skipped}" if skipped else ""
+        raise CMRDataError(root, f"no patient folders (expected patientNNN/ with Info.cfg, as in ACDC){why}")
+    return Cohort([read_acdc_patient(f) for f in folders], root=root, skipped=skipped)

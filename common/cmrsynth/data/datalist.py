@@ -16,7 +16,7 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-from cmrsynth.data.records import Frame, PatientRecord
+from cmrsynth.data.records import Cohort, Frame, PatientRecord
 from cmrsynth.errors import CMRDataError
 from cmrsynth.labels import LabelConvention
 
@@ -33,6 +33,8 @@ def load_json(path: str | Path) -> dict:
         return json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise CMRDataError(path, f"invalid JSON ({exc})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CMRDataError(path, f"cannot read the file ({type(exc).__name__}: {exc})") from None
 
 
 def load_section(datalist: str | Path, section: str) -> list[dict]:
@@ -73,6 +75,8 @@ def read_datalist_cohort(
     """
     path = Path(path)
     data = load_json(path)
+    if not isinstance(data, dict):
+        raise CMRDataError(path, f"top level is a {type(data).__name__}; expected an object like {{{key!r}: [...]}}")
     if key not in data or not isinstance(data[key], list):
         raise CMRDataError(path, f"no list under key {key!r}; keys are {sorted(data)}")
     if not data[key]:
@@ -82,10 +86,15 @@ def read_datalist_cohort(
     for n, entry in enumerate(data[key]):
         if not isinstance(entry, dict) or "image" not in entry:
             raise CMRDataError(path, f"entry {n} of {key!r} has no 'image'")
+        for role in ("image", "label"):
+            if role in entry and entry[role] is not None and not (isinstance(entry[role], str) and entry[role]):
+                raise CMRDataError(path, f"entry {n} of {key!r} has {role} = {entry[role]!r}; expected a file path")
+        if entry["image"] is None:
+            raise CMRDataError(path, f"entry {n} of {key!r} has image = None; expected a file path")
         image = (path.parent / entry["image"]).resolve()
         pid = str(entry.get("patient", image.name.split(".")[0]))
         by_patient[pid].append({**entry, "image": image})
-    records = []
+    records = Cohort(root=path)
     for pid, entries in by_patient.items():
         frames = {}
         for n, entry in enumerate(entries):

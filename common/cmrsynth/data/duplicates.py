@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from scipy.ndimage import gaussian_filter, zoom
 
+from cmrsynth.data.checks import GeometryLimits
 from cmrsynth.data.nifti import load_volume
 from cmrsynth.data.records import PatientRecord
 
@@ -45,6 +46,9 @@ CANDIDATE_FACTOR = 2.0
 GRID = 64
 #: Shape (slices, rows, columns) of a signature per phase.
 SIGNATURE_SHAPE = (8, 16, 16)
+
+#: the spacing range is the preparation's to check, with the user's limits (the signature needs only the arrays)
+_ANY_SPACING = GeometryLimits(check=False)
 
 
 def normalised_stack(volume: np.ndarray, size: int = GRID) -> np.ndarray:
@@ -91,7 +95,7 @@ def patient_stacks(record: PatientRecord, size: int = GRID) -> dict[str, np.ndar
     Raises:
         CMRDataError: an unreadable image, naming the file.
     """
-    return {phase: normalised_stack(load_volume(f.image, f.time_index)[0], size) for phase, f in sorted(record.frames.items())}
+    return {phase: normalised_stack(load_volume(f.image, f.time_index, _ANY_SPACING)[0], size) for phase, f in sorted(record.frames.items())}
 
 
 def signature_distances(stacks: Sequence[dict[str, np.ndarray]]) -> np.ndarray:

@@ -22,7 +22,7 @@ import csv
 import re
 from pathlib import Path
 
-from cmrsynth.data.records import Frame, PatientRecord
+from cmrsynth.data.records import Cohort, Frame, PatientRecord, list_subfolders
 from cmrsynth.errors import CMRDataError
 from cmrsynth.labels import LabelConvention
 
@@ -105,8 +105,9 @@ def read_mnms(root: str | Path, info_csv: str | Path) -> list[PatientRecord]:
     if not root.is_dir():
         raise CMRDataError(root, "cohort folder not found")
     info = read_info_csv(info_csv)
-    records = []
-    for image in sorted(root.glob("*/*_sa.nii.gz")):
+    records = Cohort(root=root)
+    folders, records.skipped = list_subfolders(root)
+    for image in sorted(f for folder in folders for f in folder.glob("*_sa.nii.gz")):
         pid = image.name[: -len("_sa.nii.gz")]
         if pid not in info:
             raise CMRDataError(image, f"patient {pid!r} is not in {info_csv}")
@@ -138,8 +139,9 @@ def read_mnms2(root: str | Path, info_csv: str | Path | None = None) -> list[Pat
     if not root.is_dir():
         raise CMRDataError(root, "cohort folder not found")
     info = read_info_csv(info_csv) if info_csv is not None else {}
-    images = sorted(set(root.glob("*_SA_ED.nii.gz")) | set(root.glob("*/*_SA_ED.nii.gz")))
-    records = []
+    records = Cohort(root=root)
+    folders, records.skipped = list_subfolders(root)
+    images = sorted(set(root.glob("*_SA_ED.nii.gz")) | {f for folder in folders for f in folder.glob("*_SA_ED.nii.gz")})
     for ed in images:
         pid = ed.name[: -len("_SA_ED.nii.gz")]
         frames = {}

@@ -19,6 +19,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from cmrsynth.data.checks import GeometryLimits, check_affine, check_affines_agree, check_allocation, check_spacing
 from cmrsynth.errors import CMRDataError
 from cmrsynth.labels import unknown_label_values
 
@@ -41,9 +42,26 @@ def _open(path: str | Path) -> nib.Nifti1Image:
         raise _read_error(path, exc) from None
 
 
-def read_spacing(path: str | Path) -> tuple[float, float, float]:
-    """Voxel spacing (mm) of the first three axes from the header alone, with the same clear errors."""
-    zooms = tuple(float(z) for z in _open(path).header.get_zooms()) + (1.0, 1.0, 1.0)
+def read_spacing(path: str | Path, limits: GeometryLimits = GeometryLimits(check=False)) -> tuple[float, float, float]:
+    """Voxel spacing (mm) of the first three axes from the header alone: finite and positive, in range with ``limits``."""
+    header = _open(path).header
+    zooms = _spacing(header)
+    check_spacing(path, zooms, limits)
+    return zooms
+
+
+def read_shape(path: str | Path) -> tuple[int, ...]:
+    """The array shape a NIfTI header declares (trailing singleton axes dropped), with the same clear errors."""
+    shape = tuple(int(s) for s in _open(path).shape)
+    while len(shape) > 2 and shape[-1] == 1:
+        shape = shape[:-1]
+    return shape
+
+
+def _spacing(header) -> tuple[float, float, float]:
+    zooms = tuple(float(z) for z in header.get_zooms()) + (1.0, 1.0, 1.0)
+    if len(header.get_data_shape()) == 2:  # a 2D slice has no slice spacing of its own
+        zooms = zooms[:2] + (1.0,)
     return zooms[0], zooms[1], zooms[2]
 
 
@@ -56,27 +74,38 @@ def load_array(path: str | Path) -> np.ndarray:
         raise _read_error(Path(path), exc) from None
 
 
-def load_volume(path: str | Path, time_index: int | None = None) -> tuple[np.ndarray, tuple[float, float, float]]:
-    """Load a short-axis volume as a 3D array (x, y, slice) with its voxel spacing in mm.
+def load_volume(
+    path: str | Path, time_index: int | None = None, limits: GeometryLimits = GeometryLimits()
+) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """Load a short-axis volume as a 3D array (x, y, slice) with its voxel spacing in mm, geometry checked.
 
     Trailing singleton axes are dropped; a 4D cine file needs ``time_index`` to pick one frame.
 
     Args:
         path: a ``.nii`` or ``.nii.gz`` file.
         time_index: frame of a 4D file (0-based); must be None for 3D files.
+        limits: the spacing range and affine checks (``cmrsynth.data.checks.GeometryLimits``).
 
     Returns:
         (array float32 of shape (X, Y, S), spacing (sx, sy, sz) in mm).
 
     Raises:
-        CMRDataError: missing, corrupt or truncated file, wrong dimensionality, NaN/Inf values.
+        CMRDataError: missing, corrupt or truncated file, wrong dimensionality, NaN/Inf values, a missing or
+            degenerate affine, an implausible spacing, or a size over the allocation limit.
     """
+    return _load_checked(path, time_index, limits)[:2]
+
+
+def _load_checked(path, time_index, limits) -> tuple[np.ndarray, tuple[float, float, float], np.ndarray]:
     img = _open(path)
+    affine = check_affine(path, img.header)
+    spacing = _spacing(img.header)
+    check_spacing(path, spacing[: len(img.shape)], limits)  # a 2D slice has no slice spacing to check
+    check_allocation(path, img.shape, 4 + img.get_data_dtype().itemsize, "the volume")  # as stored + float32 copy
     try:
         data = np.asanyarray(img.dataobj)
     except Exception as exc:
         raise _read_error(path, exc) from None
-    zooms = tuple(float(z) for z in img.header.get_zooms())
     while data.ndim > 3 and data.shape[-1] == 1:
         data = data[..., 0]
     if data.ndim == 2:
@@ -95,12 +124,32 @@ def load_volume(path: str | Path, time_index: int | None = None) -> tuple[np.nda
     if not np.isfinite(data).all():
         n_bad = int((~np.isfinite(data)).sum())
         raise CMRDataError(path, f"{n_bad} NaN or Inf voxel values")
-    spacing = (zooms + (1.0, 1.0, 1.0))[:3]
-    return data, (spacing[0], spacing[1], spacing[2])
+    return data, spacing, affine
+
+
+def load_frame(
+    image: str | Path, label: str | Path | None, time_index: int | None = None, limits: GeometryLimits = GeometryLimits()
+) -> tuple[np.ndarray, np.ndarray | None, tuple[float, float, float]]:
+    """Load an image and its label (optional) with every check: geometry of each, affines that agree, label values.
+
+    Returns:
+        (image float32 (X, Y, S), label float32 (X, Y, S) or None, spacing (mm)).
+
+    Raises:
+        CMRDataError: as ``load_volume`` and ``check_label``, or a label affine that differs from the image's.
+    """
+    data, spacing, affine = _load_checked(image, time_index, limits)
+    if label is None:
+        return data, None, spacing
+    mask, _, label_affine = _load_checked(label, time_index, limits)
+    check_affines_agree(image, label, affine, label_affine, limits.affine_tolerance_mm)
+    check_label(mask, label, data.shape)
+    return data, mask, spacing
 
 
 def check_label(label: np.ndarray, path: str | Path, image_shape: tuple[int, ...] | None = None) -> None:
-    """Check a mask: values in 0..3, some foreground, and the image's shape.
+    """Check a mask: integer values in 0..3 (a float file only when every value is integral), some foreground, and
+    the image's shape.
 
     Raises:
         CMRDataError: naming ``path`` and the problem.
@@ -108,6 +157,9 @@ def check_label(label: np.ndarray, path: str | Path, image_shape: tuple[int, ...
     if image_shape is not None and tuple(label.shape) != tuple(image_shape):
         raise CMRDataError(path, f"label shape {tuple(label.shape)} does not match image shape {tuple(image_shape)}")
     bad = unknown_label_values(label)
+    fractional = [v for v in bad if not float(v).is_integer()]
+    if fractional:
+        raise CMRDataError(path, f"non-integer label values {fractional[:5]}; a label file must hold whole numbers 0..3")
     if bad:
         raise CMRDataError(path, f"unknown label values {bad}; expected 0..3")
     if not (label > 0).any():

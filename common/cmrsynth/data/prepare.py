@@ -34,12 +34,13 @@ import numpy as np
 from monai.transforms import Compose
 
 from cmrsynth.data.atomic import atomic_directory, write_json_atomic
+from cmrsynth.data.checks import EXIT_BAD_INPUT, GeometryLimits, error_line
 from cmrsynth.data.duplicates import DUPLICATE_THRESHOLD, DuplicateReport, find_duplicates
 from cmrsynth.data.nifti import save_slice
 from cmrsynth.data.records import PatientRecord
 from cmrsynth.data.splits import ROLE_OF_SPLIT, SECTION_OF_SPLIT, split_patients
 from cmrsynth.errors import CMRDataError, find_data_error
-from cmrsynth.labels import CHANNEL_DEF
+from cmrsynth.labels import CHANNEL_DEF, LabelConvention, looks_swapped
 from cmrsynth.transforms import (
     HeartCentredCropd,
     LoadCardiacFramed,
@@ -71,6 +72,9 @@ class PrepareConfig:
         include_unlabelled: also write unlabelled patients' slices (image only, for generation).
         duplicates: ids found to be one person: ``together`` (one split), ``drop`` (keep the first id) or ``off``.
         duplicate_threshold: exact distance below which two ids are one person (``cmrsynth.data.duplicates``).
+        geometry: spacing range and affine tolerance every volume is checked against.
+        labels: the label convention on disk (``acdc`` or ``mnms``) for every patient, overriding the reader's and
+            turning the swapped-convention check off; None keeps the reader's and checks it.
     """
 
     size: int = 64
@@ -84,9 +88,13 @@ class PrepareConfig:
     include_unlabelled: bool = False
     duplicates: str = "together"
     duplicate_threshold: float = DUPLICATE_THRESHOLD
+    geometry: GeometryLimits = field(default_factory=GeometryLimits)
+    labels: str | None = None
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
+        if self.labels is not None and self.labels not in [c.value for c in LabelConvention]:
+            raise ValueError(f"labels must be one of {[c.value for c in LabelConvention]} or None, got {self.labels!r}")
         if self.duplicates not in DUPLICATE_POLICIES:
             raise ValueError(f"duplicates must be one of {list(DUPLICATE_POLICIES)}, got {self.duplicates!r}")
 
@@ -98,7 +106,7 @@ class PrepareConfig:
 
 def preprocessing(cfg: PrepareConfig) -> Compose:
     """The volume preprocessing chain: load and check, [N4], resample, heart-centred crop, percentile scaling."""
-    steps = [LoadCardiacFramed()]
+    steps = [LoadCardiacFramed(limits=cfg.geometry)]
     if cfg.n4:
         steps.append(N4BiasCorrectiond())
     steps += [
@@ -109,13 +117,43 @@ def preprocessing(cfg: PrepareConfig) -> Compose:
     return Compose(steps, map_items=False, log_stats=False)
 
 
-def _frame_input(record: PatientRecord, phase: str) -> dict:
+def _frame_input(record: PatientRecord, phase: str, labels: str | None) -> dict:
     f = record.frames[phase]
-    return {"image": f.image, "label": f.label, "time_index": f.time_index, "label_convention": f.label_convention}
+    convention = LabelConvention(labels) if labels is not None else f.label_convention
+    return {"image": f.image, "label": f.label, "time_index": f.time_index, "label_convention": convention}
+
+
+def check_conventions(swapped: dict[str, bool | None], records: list[PatientRecord], where: Path) -> None:
+    """Refuse a cohort where most patients' labels look swapped after conversion (RV enclosed like an LV).
+
+    Raises:
+        CMRDataError: naming the likely cause (labels already in the other convention) and the override.
+    """
+    votes = {pid: v for pid, v in swapped.items() if v is not None}
+    bad = sorted(pid for pid, v in votes.items() if v)
+    if not votes or 2 * len(bad) <= len(votes):
+        return
+    used = {f.label_convention for r in records for f in r.frames.values() if f.label is not None}
+    read_as = LabelConvention(sorted(used)[0]) if len(used) == 1 else LabelConvention.ACDC
+    other = LabelConvention.ACDC if read_as is LabelConvention.MNMS else LabelConvention.MNMS
+    raise CMRDataError(where, f"{len(bad)} of {len(votes)} patients ({', '.join(bad[:5])}{', ...' if len(bad) > 5 else ''}) "
+                              f"look LV/RV-swapped after reading their labels as {read_as.value} (the RV value is enclosed "
+                              f"by myocardium, as an LV is): the labels are likely already in the {other.value} convention; "
+                              f"pass --labels {other.value} (or --labels {read_as.value} to keep this reading)")
+
+
+def _skipped(records: list[PatientRecord], cfg: PrepareConfig) -> dict[str, str]:
+    """Every patient or entry left out, with the reason: the reader's (symlink loop, unreadable) and the unlabelled."""
+    skipped = dict(getattr(records, "skipped", {}))
+    if not cfg.include_unlabelled:
+        skipped.update({r.patient_id: "unlabelled (pass include_unlabelled to use it for generation)"
+                        for r in records if not r.labelled})
+    return skipped
 
 
 def prepare_cohort(
-    records: list[PatientRecord], out_dir: str | Path, cfg: PrepareConfig, overwrite: bool = False
+    records: list[PatientRecord], out_dir: str | Path, cfg: PrepareConfig, overwrite: bool = False,
+    inputs: list[str | Path] = (),
 ) -> dict:
     """Preprocess a cohort into 2D slices and a datalist, all or nothing.
 
@@ -123,20 +161,26 @@ def prepare_cohort(
         records: patients from any reader.
         out_dir: output folder; built beside itself and moved into place only when complete.
         cfg: preprocessing settings.
-        overwrite: replace an existing output folder.
+        overwrite: replace an existing output folder that cmr-synth wrote.
+        inputs: more input paths the output may not overlap (the cohort's ``root`` and every patient folder are
+            added); inputs are never written, whatever ``overwrite`` says.
 
     Returns:
         summary: slice counts per patient and split, totals, cropped-away foreground, the duplicate groups found
-        and the ids dropped.
+        and the ids dropped, and every patient skipped with the reason.
 
     Raises:
-        CMRDataError: the first bad file met, naming it and the problem (nothing is written).
+        CMRDataError: the first bad file met, naming it and the problem (nothing is written), an output overlapping
+            an input, or a cohort whose labels look LV/RV-swapped.
     """
     if not records:
         raise CMRDataError(out_dir, "no patients to prepare")
     usable = [r for r in records if r.labelled or cfg.include_unlabelled]
     if not usable:
         raise CMRDataError(out_dir, f"none of the {len(records)} patients has labels (pass include_unlabelled)")
+    root = getattr(records, "root", None)
+    inputs = [*inputs, *([root] if root is not None else []),
+              *{p.parent for r in records for f in r.frames.values() for p in (f.image, f.label) if p is not None}]
     duplicates, dropped, subject = _duplicate_subjects(usable, cfg)
     usable = [r for r in usable if r.patient_id not in dropped]
     split = split_patients({r.patient_id: r.group for r in usable}, cfg.fractions, cfg.seed, duplicates.groups)
@@ -144,13 +188,16 @@ def prepare_cohort(
     sections: dict[str, list[dict]] = {s: [] for s in SECTION_OF_SPLIT.values()}
     per_patient: dict[str, int] = {}
     lost = []
-    with atomic_directory(out_dir, overwrite=overwrite) as tmp:
+    swapped: dict[str, bool | None] = {}
+    with atomic_directory(out_dir, overwrite=overwrite, inputs=inputs) as tmp:
         for record in usable:
             pid = record.patient_id
             per_patient[pid] = 0
             for phase in sorted(record.frames):
-                d = _run_chain(chain, _frame_input(record, phase))
+                d = _run_chain(chain, _frame_input(record, phase, cfg.labels))
                 label = d.get("label")
+                if label is not None and cfg.labels is None and swapped.get(pid) is None:
+                    swapped[pid] = looks_swapped(label)
                 slices = labelled_slices(label, cfg.n_central) if label is not None else range(d["image"].shape[2])
                 if label is not None:
                     lost.append(d["foreground_lost"])
@@ -176,11 +223,15 @@ def prepare_cohort(
             },
             "duplicate_groups": duplicates.groups,
             "duplicate_check": _duplicate_record(duplicates, cfg.duplicates, dropped),
+            "skipped": _skipped(records, cfg),
             **sections,
         }
+        check_conventions(swapped, usable, Path(out_dir))
         write_json_atomic(tmp / "datalist.json", datalist)
+        skipped = _skipped(records, cfg)
         summary = {
             "patients": len(usable),
+            "skipped": skipped,
             "skipped_unlabelled": sum(not (r.labelled or cfg.include_unlabelled) for r in records),
             "duplicate_groups": duplicates.groups,
             "dropped_duplicates": dropped,
@@ -290,7 +341,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="patient ids found to be one person: keep each group in one split, keep only its first id, or skip the check")
     p.add_argument("--duplicate-threshold", type=float, default=DUPLICATE_THRESHOLD,
                    help="distance below which two ids are one person (z-scored aligned slices, RMS; measured on ACDC)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.add_argument("--labels", choices=[c.value for c in LabelConvention], default=None,
+                   help="label convention on disk for every patient (acdc: 1 RV 3 LV; mnms: 1 LV 3 RV); overrides the "
+                        "reader's and the check that refuses a cohort that looks LV/RV-swapped")
+    limits = GeometryLimits()
+    p.add_argument("--in-plane-mm", type=float, nargs=2, default=limits.in_plane_mm, metavar=("MIN", "MAX"),
+                   help="plausible in-plane spacing; a volume outside is refused")
+    p.add_argument("--slice-mm", type=float, nargs=2, default=limits.through_plane_mm, metavar=("MIN", "MAX"),
+                   help="plausible slice spacing; a volume outside is refused")
+    p.add_argument("--any-spacing", action="store_true", help="accept any finite positive spacing (no plausible range)")
+    p.add_argument("--affine-tolerance-mm", type=float, default=limits.affine_tolerance_mm,
+                   help="largest difference between an image's and its label's affine entries")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing output folder written by cmr-synth (never an input, never another folder)")
     p.add_argument("--preview", action="store_true", help="also draw <out>/preview.png (slices with mask overlays)")
     return p
 
@@ -298,7 +361,39 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point: prepare a cohort; bad input prints one line naming the file and exits with status 2."""
     args = build_parser().parse_args(argv)
-    cfg = PrepareConfig(
+    try:
+        cfg = _config(args)
+        records = read_cohort(args.reader, args.input, args.info_csv)
+        summary = prepare_cohort(records, args.out, cfg, overwrite=args.overwrite,
+                                 inputs=[args.input, *([args.info_csv] if args.info_csv else [])])
+    except (CMRDataError, FileExistsError, ValueError, OSError) as exc:
+        print(error_line(exc), file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if args.preview:
+        from cmrsynth.report import datalist_preview
+
+        datalist_preview(args.out, Path(args.out) / "preview.png", n=18)
+    print(
+        f"prepared {summary['patients']} patients, {summary['slices']} slices at {cfg.size}x{cfg.size} "
+        f"({cfg.spacing:.3g} mm): {summary['slices_per_split']} -> {Path(args.out) / 'datalist.json'}"
+    )
+    print("\n".join(duplicate_lines(summary) + skipped_lines(summary)))
+    return 0
+
+
+def skipped_lines(summary: dict) -> list[str]:
+    """Lines naming every patient left out and why (none: one line), for the CLI and the pipeline."""
+    skipped = summary.get("skipped", {})
+    if not skipped:
+        return ["skipped patients: none"]
+    return [f"skipped patients: {len(skipped)}"] + [f"  {pid}: {why}" for pid, why in sorted(skipped.items())]
+
+
+def _config(args: argparse.Namespace) -> PrepareConfig:
+    """The PrepareConfig of parsed command-line options."""
+    geometry = GeometryLimits(in_plane_mm=tuple(args.in_plane_mm), through_plane_mm=tuple(args.slice_mm),
+                              affine_tolerance_mm=args.affine_tolerance_mm, check=not args.any_spacing)
+    return PrepareConfig(
         size=PRESETS[args.preset] if args.preset else args.size,
         fov_mm=args.fov_mm,
         lower_percentile=args.percentiles[0],
@@ -310,23 +405,9 @@ def main(argv: list[str] | None = None) -> int:
         include_unlabelled=args.include_unlabelled,
         duplicates=args.duplicates,
         duplicate_threshold=args.duplicate_threshold,
+        geometry=geometry,
+        labels=args.labels,
     )
-    try:
-        records = read_cohort(args.reader, args.input, args.info_csv)
-        summary = prepare_cohort(records, args.out, cfg, overwrite=args.overwrite)
-    except (CMRDataError, FileExistsError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if args.preview:
-        from cmrsynth.report import datalist_preview
-
-        datalist_preview(args.out, Path(args.out) / "preview.png", n=18)
-    print(
-        f"prepared {summary['patients']} patients, {summary['slices']} slices at {cfg.size}x{cfg.size} "
-        f"({cfg.spacing:.3g} mm): {summary['slices_per_split']} -> {Path(args.out) / 'datalist.json'}"
-    )
-    print("\n".join(duplicate_lines(summary)))
-    return 0
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -69,3 +71,43 @@ class PatientRecord:
     def labelled(self) -> bool:
         """True when every frame has a mask."""
         return bool(self.frames) and all(f.label is not None for f in self.frames.values())
+
+
+class Cohort(list):
+    """The patients a reader found (a list of PatientRecord) plus what it could not read and why.
+
+    Attributes:
+        root: the cohort folder or datalist the patients came from (an input no output may overlap).
+        skipped: entry name to the reason it was left out (symlink loop, broken link, unreadable folder), so that no
+            patient is dropped without a word.
+    """
+
+    def __init__(self, records=(), root: str | Path | None = None, skipped: dict[str, str] | None = None):
+        super().__init__(records)
+        self.root = Path(root) if root is not None else None
+        self.skipped = dict(skipped or {})
+
+
+def list_subfolders(root: Path, prefix: str = "") -> tuple[list[Path], dict[str, str]]:
+    """Sub-folders of ``root`` whose name starts with ``prefix``, and those that cannot be read, with the reason.
+
+    ``Path.is_dir`` answers False for a symlink loop or a folder it cannot stat, which would drop a patient silently;
+    here every such entry comes back with its reason instead.
+    """
+    folders, skipped = [], {}
+    for p in sorted(root.iterdir()):
+        if not p.name.startswith(prefix) or p.name.startswith("."):
+            continue
+        try:
+            if not p.is_dir() and not p.is_symlink():
+                continue
+            os.stat(p)  # follows links: raises on a loop or a dangling link
+            os.listdir(p)
+        except OSError as exc:
+            reason = {errno.ELOOP: "symlink loop", errno.ENOENT: "broken symlink", errno.EACCES: "unreadable folder "
+                      "(permission denied)"}.get(exc.errno, f"unreadable folder ({exc.strerror})")
+            skipped[p.name] = reason
+            continue
+        if p.is_dir():
+            folders.append(p)
+    return folders, skipped
