@@ -75,6 +75,9 @@ CASES = {
         "fm_cmr", ["common.yaml", "inference.yaml"], lambda p, t: {**TINY, "image_size": 48, "mask_datalist": str(p / "datalist.json"),
                                                                    "mask_key": "test"},
         r"labels/\S+\.nii\.gz: label has shape \(32, 32\); expected \(48, 48\)"),
+    "mask_generator inference: no trained checkpoint": (
+        "mask_generator", ["common.yaml", "inference.yaml"], lambda p, t: {**TINY},
+        r"models/checkpoint_final\.pt: trained mask generator not found: run configs/train\.yaml first"),
     "ddpm_cmr: checkpoints would go into the dataset": (
         "ddpm_cmr", TRAIN, lambda p, t: {"dataset_dir": str(t / "root" / "models"), "_": str(shutil.copytree(p, t / "root" / "models")), **TINY},
         r"root/models: output is the input"),
