@@ -238,7 +238,7 @@ def aims(e: dict, utility: dict) -> list[str]:
 def results_markdown(r: dict) -> str:
     """The docs tables rendered from benchmark.json."""
     ev, tr, default = r["evaluation"], r["training"], "signed_distance"
-    lines = [f"Measured on {r['finished'][:10]}, {r['data']}; {r['machine']['cpus']} CPU cores. Both recipes trained "
+    lines = [f"Measured on {r['finished'][:10]}, {r['data']}; {r['machine']['cores']} CPU cores. Both recipes trained "
              f"side by side, one thread each, for the same fixed steps; masks drawn with {r['sampling']['sampler']}, "
              f"{r['sampling']['per_class']} per (group, phase, position), threads: {r['sampling']['threads']}.", "",
              "| | " + " | ".join(f"`{n}`" + (" (default)" if n == default else "") for n in ev) + " | real test masks |",
