@@ -15,11 +15,25 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from cmrsynth.data.phantom import write_phantom_cohort
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def heart_mask(n: int = 48, lv: float = 8, wall: float = 4, rv: bool = True, rv_gap: float = 4, rv_radius: float = 6) -> np.ndarray:
+    """A (n, n) canonical short-axis mask: an LV disc of radius ``lv`` in a myocardial ring ``wall`` thick, and an
+    RV disc to its left."""
+    x, y = np.mgrid[:n, :n] - n / 2
+    r = np.hypot(x, y)
+    m = np.zeros((n, n), np.uint8)
+    m[r < lv + wall] = 2
+    m[r < lv] = 3
+    if rv:
+        m[(np.hypot(x + lv + wall + rv_gap, y) < rv_radius) & (m == 0)] = 1
+    return m
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 

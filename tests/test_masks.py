@@ -15,21 +15,11 @@ import pytest
 
 from cmrsynth.masks import (mean_pairwise_dice, pairwise_dice, plausibility, postprocess_mask, shape_distances, shape_stats,
                             slice_level_of)
-
-
-def _heart(n=48, lv=8, wall=4, rv=True):
-    x, y = np.mgrid[:n, :n] - n / 2
-    r = np.hypot(x, y)
-    m = np.zeros((n, n), np.uint8)
-    m[r < lv + wall] = 2
-    m[r < lv] = 3
-    if rv:
-        m[(np.hypot(x + lv + wall + 4, y) < 6) & (m == 0)] = 1
-    return m
+from tests.conftest import heart_mask
 
 
 def test_clean_heart_is_plausible():
-    assert plausibility(_heart()) == {"not_empty": True, "lv_walled": True, "rv_beside_myo": True,
+    assert plausibility(heart_mask()) == {"not_empty": True, "lv_walled": True, "rv_beside_myo": True,
                                       "whole_structures": True, "plausible": True}
 
 
@@ -44,23 +34,23 @@ def test_clean_heart_is_plausible():
     ],
 )
 def test_each_check_can_fail(damage, failed):
-    checks = plausibility(damage(_heart()).astype(np.uint8))
+    checks = plausibility(damage(heart_mask()).astype(np.uint8))
     assert not checks[failed] and not checks["plausible"]
 
 
 def test_real_anatomy_passes():
     """A basal slice open to the outflow tract by a pixel, a slice with RV alone, partial-volume specks."""
-    basal = _heart()
+    basal = heart_mask()
     basal[24, 24 + 8:24 + 12] = 0  # a one-pixel channel through the wall: the LV touches background there
     assert plausibility(basal)["lv_walled"]
-    assert plausibility(np.where(_heart() == 1, 1, 0).astype(np.uint8))["plausible"]  # beyond the LV: RV alone
-    speck = _heart()
+    assert plausibility(np.where(heart_mask() == 1, 1, 0).astype(np.uint8))["plausible"]  # beyond the LV: RV alone
+    speck = heart_mask()
     speck[0, 0] = 3
     assert plausibility(speck)["whole_structures"]
 
 
 def test_postprocess_removes_fragments_and_fills_holes():
-    m = _heart()
+    m = heart_mask()
     m[0:6, 0:6] = 3  # stray LV fragment
     m[24, 24] = 0  # hole in the LV
     m[24, 24 + 9] = 0  # hole in the myocardium
@@ -70,7 +60,7 @@ def test_postprocess_removes_fragments_and_fills_holes():
 
 
 def test_shape_stats_of_a_ring():
-    stats = shape_stats(_heart(n=200, lv=30, wall=10, rv=False), spacing=0.5)
+    stats = shape_stats(heart_mask(n=200, lv=30, wall=10, rv=False), spacing=0.5)
     assert stats["lv_area"] == pytest.approx(np.pi * 15**2, rel=0.03)
     assert stats["myo_thickness"] == pytest.approx(5.0, rel=0.05)
     assert stats["rv_lv_ratio"] == 0.0
@@ -83,16 +73,16 @@ def test_shape_stats_of_a_ring():
 
 
 def test_shape_distances_grow_with_difference():
-    real = [("NOR/ED", shape_stats(_heart(lv=8), 1.0)), ("NOR/ED", shape_stats(_heart(lv=9), 1.0))]
+    real = [("NOR/ED", shape_stats(heart_mask(lv=8), 1.0)), ("NOR/ED", shape_stats(heart_mask(lv=9), 1.0))]
     same = shape_distances(real, real)
-    far = shape_distances(real, [("NOR/ED", shape_stats(_heart(lv=14), 1.0))])
+    far = shape_distances(real, [("NOR/ED", shape_stats(heart_mask(lv=14), 1.0))])
     assert same["NOR/ED"]["lv_area"] == 0.0
     assert far["NOR/ED"]["lv_area"] > 300 and far["all"]["n_generated"] == 1
 
 
 def test_diversity_is_lower_for_a_varied_set():
-    same = np.stack([_heart(lv=8)] * 3)
-    varied = np.stack([_heart(lv=6), _heart(lv=9, rv=False), _heart(lv=12, wall=2)])
+    same = np.stack([heart_mask(lv=8)] * 3)
+    varied = np.stack([heart_mask(lv=6), heart_mask(lv=9, rv=False), heart_mask(lv=12, wall=2)])
     assert mean_pairwise_dice(same) == pytest.approx(1.0)
     assert mean_pairwise_dice(varied) < 0.9 and np.isnan(mean_pairwise_dice(same[:1]))
     dice = pairwise_dice(varied, same[:1])

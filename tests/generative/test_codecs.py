@@ -16,6 +16,7 @@ import torch
 
 from cmrsynth.errors import CMRDataError
 from cmrsynth.generative import AutoencoderCodec, ConditionalDenoiser, Generator, KLAutoencoder, SignedDistanceCodec
+from tests.conftest import heart_mask
 from tests.generative.helpers import OBJECTIVES, tiny_generator
 
 
@@ -144,14 +145,7 @@ def test_a_latent_generator_refuses_clipping_latents_to_the_pixel_range():
 
 
 def _heart_onehot(n=32, lv=5, wall=3, rv=True):
-    x, y = np.mgrid[:n, :n] - n / 2
-    r = np.hypot(x, y)
-    m = np.zeros((n, n), np.int64)
-    m[r < lv + wall] = 2
-    m[r < lv] = 3
-    if rv:
-        m[(np.hypot(x + lv + wall + 3, y) < 4) & (m == 0)] = 1
-    labels = torch.as_tensor(m)[None]
+    labels = torch.as_tensor(heart_mask(n, lv, wall, rv, rv_gap=3, rv_radius=4).astype(np.int64))[None]
     return labels, torch.nn.functional.one_hot(labels, 4).permute(0, 3, 1, 2).float() * 2 - 1
 
 
