@@ -78,6 +78,14 @@ CASES = {
     "mask_generator inference: no trained checkpoint": (
         "mask_generator", ["common.yaml", "inference.yaml"], lambda p, t: {**TINY},
         r"models/checkpoint_final\.pt: trained mask generator not found: run configs/train\.yaml first"),
+    "seg_utility inference: a listed image is missing": (
+        "seg_utility", ["common.yaml", "inference.yaml"],
+        lambda p, t: {"datalist": _damaged(p, t, lambda d, c: (c / d["test"][0]["image"]).unlink() or d), "ckpt_path": str(t / "model.pt")},
+        r"data/images/\S+\.nii\.gz: image listed in \S+datalist\.json \(test\[0\]\) not found"),
+    "privacy_audit release: the synthetic datalist has no training section": (
+        "privacy_audit", ["release.yaml"], lambda p, t: {"real_datalist": str(p / "datalist.json"),
+                                                         "synthetic_datalist": _damaged(p, t, lambda d, _: {"test": d["test"]})},
+        r"datalist\.json: section 'training' is missing"),
     "ddpm_cmr: checkpoints would go into the dataset": (
         "ddpm_cmr", TRAIN, lambda p, t: {"dataset_dir": str(t / "root" / "models"), "_": str(shutil.copytree(p, t / "root" / "models")), **TINY},
         r"root/models: output is the input"),
