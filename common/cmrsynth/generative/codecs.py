@@ -9,11 +9,11 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 """Codecs: the space a generator's objective works in. ``IdentityCodec`` keeps pixels; ``SignedDistanceCodec`` turns
-masks into nested signed distance maps; ``AutoencoderCodec`` (latent diffusion) maps slices to the latents of a trained KL autoencoder and back.
+masks into nested signed distance maps; ``AutoencoderCodec`` (latent diffusion) maps slices to the latents of a
+trained KL autoencoder and back.
 
 A codec has ``encode``, ``decode``, ``latent_shape``, ``to``, a ``name`` recorded in the generator card and
-``bounded`` (its space lies in [-1, 1], where a sampler may clamp x0). A codec
-with weights is an ``nn.Module``: its ``state_dict`` travels in the generator's checkpoint (entry ``codec``), so a
+``bounded`` (its space lies in [-1, 1], where a sampler may clamp x0). A codec with weights is an ``nn.Module``: its ``state_dict`` travels in the generator's checkpoint (entry ``codec``), so a
 latent generator's checkpoint is self-contained.
 """
 
@@ -78,7 +78,7 @@ class SignedDistanceCodec:
     myocardium = disc minus LV, RV = RV > 0 outside the disc. The nesting makes the myocardium a ring by
     construction (the LV lies inside the disc), where a one-hot argmax leaves gaps wherever noise flips a thin ring
     pixel, and distance maps vary smoothly, which a denoiser learns faster than class edges. Encoding runs scipy's
-    exact Euclidean distance transform on the CPU (a few ms per batch at 64x64).
+    exact Euclidean distance transform on the CPU (about 40 ms per batch of 16 at 64x64).
 
     Args:
         scale: distance in pixels that maps to +-1 (beyond it the map saturates); ~1/8 of the slice size.
