@@ -13,8 +13,9 @@ masks into nested signed distance maps; ``AutoencoderCodec`` (latent diffusion) 
 trained KL autoencoder and back.
 
 A codec has ``encode``, ``decode``, ``latent_shape``, ``to``, a ``name`` recorded in the generator card and
-``bounded`` (its space lies in [-1, 1], where a sampler may clamp x0). A codec with weights is an ``nn.Module``: its ``state_dict`` travels in the generator's checkpoint (entry ``codec``), so a
-latent generator's checkpoint is self-contained.
+``bounded`` (its space lies in [-1, 1], where a sampler may clamp x0). A codec with weights is an ``nn.Module``:
+its ``state_dict`` travels in the generator's checkpoint (entry ``codec``), so a latent generator's checkpoint is
+self-contained.
 """
 
 from __future__ import annotations
