@@ -86,8 +86,10 @@ def run_mode(mode: str, args, real: Path, synthetic: dict[str, Path], work: Path
     """Train seg_utility for one mode within the budget and score it on the real test patients."""
     root = work / "seg_utility" / mode
     root.mkdir(parents=True, exist_ok=True)
-    train = {"real_datalist": str(real), "sources": sources(mode, real, synthetic), "max_epochs": 100000,
-             "max_minutes": args.minutes, "seed": args.seed, "progress_bar": False}
+    # fixed steps (50-step epochs) so a busy or slower machine changes the wall time, not the result; --minutes is a
+    # safety net on top
+    train = {"real_datalist": str(real), "sources": sources(mode, real, synthetic), "max_epochs": args.steps // 50,
+             "epoch_length": 50, "max_minutes": args.minutes, "seed": args.seed, "progress_bar": False}
     t0 = time.perf_counter()
     run_bundle(BUNDLE, ["common.yaml", "train.yaml"], root, train, log=root / "train.log",
                env={"OMP_NUM_THREADS": str(args.threads)})
@@ -148,7 +150,8 @@ def fidelity(args, real: Path, synthetic: dict[str, Path], work: Path, done: dic
 
 def main() -> None:
     p = parser(__doc__.split("\n\n")[0])
-    p.set_defaults(minutes=3.0, threads=2)
+    p.set_defaults(minutes=30.0, threads=2)
+    p.add_argument("--steps", type=int, default=700, help="training steps of every segmenter (as scripts/benchmark_fm_cmr.py)")
     p.add_argument("--modes", default="real,synthetic,synthetic-untrained,mixed,few5,few5+syn,few10,few10+syn")
     p.add_argument("--make-synthetic", type=int, default=50, help="masks per (group, phase) in the synthetic set")
     p.add_argument("--skip-fidelity", action="store_true")
@@ -166,7 +169,7 @@ def main() -> None:
     result.setdefault("modes", {})
     result.update({"bundle": "seg_utility", "data": "ACDC (../shared/data/acdc), 64x64 CPU preset, seed-0 split: "
                    "train 50 / val 10 / test 10 patients; scored per patient volume on the 10 test patients",
-                   "machine": machine(), "threads": args.threads, "budget_minutes_per_mode": args.minutes,
+                   "machine": machine(), "threads": args.threads, "steps_per_mode": args.steps,
                    "synthetic_set": {k: _short(v, work) for k, v in synthetic.items()},
                    "synthetic_masks_per_class": args.make_synthetic})
     for mode in args.modes.split(","):
