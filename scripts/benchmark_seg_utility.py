@@ -20,7 +20,7 @@ scripts/benchmark_ddpm_cmr.py). Modes (--modes; results merge into bundles/seg_u
 - mixed: real + synthetic, one synthetic slice per real slice
 - fewN / fewN+syn: N real patients (round-robin over groups), without / with the synthetic set
 
-    python scripts/benchmark_seg_utility.py --work runs/bench3 --make-synthetic 50 --minutes 3
+    python scripts/benchmark_seg_utility.py --work runs/bench3 --make-synthetic 14 --steps 700
 """
 
 from __future__ import annotations
@@ -153,7 +153,7 @@ def main() -> None:
     p.set_defaults(minutes=30.0, threads=2)
     p.add_argument("--steps", type=int, default=700, help="training steps of every segmenter (as scripts/benchmark_fm_cmr.py)")
     p.add_argument("--modes", default="real,synthetic,synthetic-untrained,mixed,few5,few5+syn,few10,few10+syn")
-    p.add_argument("--make-synthetic", type=int, default=50, help="masks per (group, phase) in the synthetic set")
+    p.add_argument("--make-synthetic", type=int, default=14, help="masks per mask_generator class in the synthetic set")
     p.add_argument("--skip-fidelity", action="store_true")
     p.add_argument("--refresh-fidelity", action="store_true", help="rescore image sets already in benchmark.json")
     p.add_argument("--render", action="store_true", help="write the tables into docs/README.md")
