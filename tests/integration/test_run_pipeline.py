@@ -40,11 +40,11 @@ def test_main_job_on_phantom_data(tmp_path):
     [exp] = [e for e in client.search_experiments() if e.name == "cmr-synth-pipeline"]
     [run] = client.search_runs([exp.experiment_id])
     assert run.info.status == "FINISHED" and run.data.metrics["patients"] == 5.0
-    assert run.data.metrics["synthetic_images"] == 20.0  # 2 masks per (group, phase), all kept, one image each
+    assert run.data.metrics["synthetic_images"] == 30.0  # 1 mask per (group, phase, position), all kept, one image each
     bundle_experiments = {e.name for e in client.search_experiments()}
     assert {"mask_generator", "ddpm_cmr"} <= bundle_experiments, "the bundles' training is tracked in the same store"
     images = json.loads((out / "ddpm_cmr" / "eval" / "images" / "datalist.json").read_text())["training"]
-    assert len(images) == 20 and (out / "ddpm_cmr" / "eval" / "images" / images[0]["image"]).is_file()
+    assert len(images) == 30 and (out / "ddpm_cmr" / "eval" / "images" / images[0]["image"]).is_file()
     assert {"seg_utility", "privacy_audit"} <= bundle_experiments
     assert {"dice_lv_ed_real", "dice_lv_ed_real_synthetic", "fd_seg", "membership_auc_loss_t100"} <= set(run.data.metrics)
     report = (out / "privacy_audit" / "eval" / "audit" / "audit.md").read_text()
