@@ -39,6 +39,7 @@ from cmrsynth.benchmark import (REPO, dice_cells, draw_images, load_section, mac
                                 training_facts, write_benchmark)
 from cmrsynth.bundle_run import run_bundle, trainer_progress
 from cmrsynth.data.atomic import write_json_atomic
+from cmrsynth.labels import SLICE_LEVELS
 from cmrsynth.masks import STAT_KEYS, mean_pairwise_dice, plausibility, shape_distances, shape_stats, slice_level_of
 from cmrsynth.report import save_overlay_grid
 
@@ -102,7 +103,7 @@ def diversity(generated: list[np.ndarray], gen_entries: list[dict], real: list[d
     return out
 
 
-def evaluate(name: str, datalist: Path, data: Path, real_test: list[dict], real_train: list[dict]) -> dict:
+def evaluate(datalist: Path, data: Path, real_test: list[dict], real_train: list[dict]) -> dict:
     """Compare one recipe's masks with the real test masks (and the real train-vs-test reference)."""
     synthetic = json.loads(datalist.read_text())
     entries = synthetic["synthetic"]
@@ -116,10 +117,10 @@ def evaluate(name: str, datalist: Path, data: Path, real_test: list[dict], real_
     return {
         "summary": synthetic["summary"],
         "plausibility": plausibility_table(entries, real_test),
-        "shape_wasserstein": {by_name: {"generated_vs_real_test": shape_distances(real_stats(real_test, by), gen_stats(by)),
-                                        "real_train_vs_real_test": shape_distances(real_stats(real_test, by),
-                                                                                    real_stats(real_train, by))}
-                              for by_name, by in (("group_phase", stratum), ("position", slice_level_of))},
+        "shape_wasserstein": {by_name: {"generated_vs_real_test": shape_distances(test, gen_stats(by)),
+                                        "real_train_vs_real_test": shape_distances(test, real_stats(real_train, by))}
+                              for by_name, by in (("group_phase", stratum), ("position", slice_level_of))
+                              for test in [real_stats(real_test, by)]},  # the test statistics once per stratification
         "diversity_mean_pairwise_dice": diversity([m for m, _ in plausible], [e for _, e in plausible], real_test),
         "near_copies_of_training_masks": {"count": int((copies > threshold).sum()), "of": len(plausible),
                                           "dice_threshold": threshold,
@@ -133,7 +134,7 @@ def figure(datalist: Path, real_test: list[dict]) -> Path:
     entries = [e for e in json.loads(datalist.read_text())["synthetic"] if e["plausible"]]
     columns = sorted({stratum(e) for e in real_test})
     tiles, titles = [], []
-    for level in ("basal", "mid", "apical"):
+    for level in SLICE_LEVELS:
         for source, pool in (("generated", entries), ("real", real_test)):
             for column in columns:
                 hit = next((e for e in pool if stratum(e) == column and slice_level_of(e) == level), None)
@@ -188,7 +189,7 @@ def main() -> None:
     real_test, real_train = load_section(data, "test"), load_section(data, "training")
     datalists = {name: sample(name, roots[name], args) for name in RECIPES}
     result["sampling"] = {"sampler": f"DDIM-{args.steps}", "per_class": args.per_class, "threads": args.threads}
-    result["evaluation"] = {name: evaluate(name, d, data, real_test, real_train) for name, d in datalists.items()}
+    result["evaluation"] = {name: evaluate(d, data, real_test, real_train) for name, d in datalists.items()}
     result["figure"] = str(figure(datalists["signed_distance"], real_test).relative_to(REPO))
     write_benchmark(path, result)
     result["utility"] = utility(work, datalists["signed_distance"], real, args)
