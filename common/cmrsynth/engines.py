@@ -277,3 +277,34 @@ class ResumableCheckpoint:
             return
         self.save_dir.mkdir(parents=True, exist_ok=True)
         _save_atomic(self._state(), self.save_dir / "checkpoint_final.pt")
+
+
+def start_from(pretrained: str | Path | None, ckpt_dir: str | Path, network: torch.nn.Module,
+               ema: torch.optim.swa_utils.AveragedModel, card=None) -> str | None:
+    """Initialise a training run from another run's weights (e.g. a generator pre-trained on public data before
+    DP-SGD fine-tuning on the private cohort): the pretrained EMA weights go into both the network and its EMA.
+
+    Does nothing when ``pretrained`` is None, or when ``ckpt_dir`` already holds a checkpoint of this run (a
+    resumed run continues from its own state, never from the pretrained one again).
+
+    Args:
+        pretrained: a training checkpoint or ``best_ema.pt`` holding an ``ema`` entry.
+        ckpt_dir: this run's checkpoint folder.
+        network, ema: this run's network and its EMA (``AveragedModel``).
+        card: this run's ``GeneratorCard``: a checkpoint of another kind of generator is refused, naming the file.
+
+    Returns:
+        the path loaded, or None.
+    """
+    from cmrsynth.generative.codecs import load_module_weights
+
+    if pretrained is None or latest_checkpoint(ckpt_dir) is not None:
+        return None
+    state = load_checkpoint(pretrained)
+    if "ema" not in state:
+        raise CMRDataError(pretrained, "holds no 'ema' entry: pass a generator checkpoint (checkpoint_final.pt or best_ema.pt)")
+    if card is not None and "card" in state:
+        card.check(state["card"], Path(pretrained))
+    load_module_weights(ema, state["ema"], pretrained, "the EMA of the network")
+    load_module_weights(network, ema.module.state_dict(), pretrained, "the network")
+    return str(pretrained)

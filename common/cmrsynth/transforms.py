@@ -235,3 +235,36 @@ class ClassIndexd(MapTransform):
         index = self.classes.index_of(d)
         d[self.output_key] = 0 if index is None else index
         return d
+
+
+def paired_augmentation(image_key: str | None = "image", label_key: str = "label", prob: float = 0.5,
+                        rotate_degrees: float = 15.0, scale: float = 0.1, shift_pixels: float = 3.0,
+                        gamma: tuple[float, float] = (0.8, 1.25)):
+    """Random augmentation of a generator's training pair (a regulariser against memorising patients): one
+    rotation / scaling / shift moves image and mask together (the mask by nearest neighbour, so it stays an exact
+    label map of the image), then a gamma contrast jitter changes the image alone. ``image_key=None`` augments a
+    mask alone (the mask generator).
+
+    No flips: a mirrored short-axis slice puts the RV on the wrong side of the LV, an anatomy no scan shows (the
+    data checks would call it an LV/RV swap), and a generator taught it would draw it.
+
+    Args:
+        image_key: the image (channel-first, in [-1, 1]) or None.
+        label_key: the label map (channel-first, integer labels; before one-hot encoding).
+        prob: probability of each of the two transforms.
+        rotate_degrees: largest rotation either way.
+        scale: largest relative zoom either way.
+        shift_pixels: largest translation either way (configs give 5 % of the image side).
+        gamma: range of the contrast exponent (image only).
+    """
+    from monai.transforms import Compose, RandAdjustContrastd, RandAffined
+
+    keys = [k for k in (image_key, label_key) if k]
+    affine = RandAffined(keys=keys, prob=prob, rotate_range=np.deg2rad(rotate_degrees), scale_range=scale,
+                         translate_range=shift_pixels,
+                         mode=["bilinear" if k == image_key else "nearest" for k in keys],
+                         padding_mode=["border" if k == image_key else "zeros" for k in keys])
+    steps = [affine]
+    if image_key:
+        steps.append(RandAdjustContrastd(keys=image_key, prob=prob, gamma=gamma))
+    return Compose(steps)
