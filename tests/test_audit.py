@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 import torch
 
-from cmrsynth.audit import (attack_scores, audit_slices, leakage, load_encoder, membership_table, planted_copy_check,
-                            reconstruction_attack, release)
+from cmrsynth.audit import (attack_scores, audit_slices, leakage, load_encoder, mask_leakage, membership_table,
+                            planted_copy_check, reconstruction_attack, release, with_calibrated)
 from cmrsynth.benchmark import REPO
 from cmrsynth.data.acdc import read_acdc
 from cmrsynth.data.prepare import PrepareConfig, prepare_cohort
@@ -52,6 +52,44 @@ def test_attack_table_scores_every_attack_per_patient(prepared, objective):
     table = membership_table(scores, slices)
     assert table["loss_t50"]["members"] == 3 and table["loss_t50"]["non_members"] == 2
     assert 0.0 <= table["pia_t50"]["auc"]["value"] <= 1.0
+
+
+def test_slice_level_and_calibrated_attacks_cover_every_attack(prepared):
+    slices = audit_slices(prepared, per_patient=3)
+    scores = with_calibrated(attack_scores(tiny_generator(OBJECTIVES["ddpm"]()), slices, levels=(0.1,), batch_size=8), slices)
+    assert {"loss_t100", "loss_t100_cal", "midband_t100_cal"} <= set(scores)
+    table = membership_table(scores, slices, level="slice")
+    m = table["loss_t100_cal"]
+    assert (m["members"], m["non_members"]) == (3, 2)  # intervals resample patients, not slices
+    assert m["member_scores"] + m["non_member_scores"] == len(slices)
+    assert {"tpr_at_0.1pct_fpr", "tpr_at_1pct_fpr", "auc"} <= set(m)
+
+
+def test_mask_generator_is_attacked_through_the_contract_on_real_masks(prepared):
+    """The mask generator's data are the real masks (one-hot), its condition the class: the same attacks apply."""
+    slices = audit_slices(prepared, per_patient=2)
+    generator = tiny_generator(OBJECTIVES["ddpm"](), in_channels=4, out_channels=4, mask_mode="none")
+    scores = attack_scores(generator, slices, levels=(0.1,), batch_size=8)
+    assert all(len(v) == len(slices) and np.isfinite(v).all() for v in scores.values())
+    other = attack_scores(tiny_generator(OBJECTIVES["ddpm"](), in_channels=4, out_channels=4, mask_mode="none", seed=1),
+                          slices, levels=(0.1,), batch_size=8)
+    assert not np.allclose(scores["loss_t100"], other["loss_t100"])  # the scores come from the network
+
+
+def test_mask_leakage_counts_copies_of_training_masks():
+    rng = np.random.default_rng(0)
+
+    def blob():
+        mask = np.zeros((12, 12), int)
+        top, left = rng.integers(0, 4, 2)
+        mask[top:top + rng.integers(3, 9), left:left + rng.integers(3, 9)] = rng.integers(1, 4)
+        return mask
+
+    train, hold = [{"mask": blob()} for _ in range(30)], [{"mask": blob()} for _ in range(20)]
+    synthetic = [{"mask": blob()} for _ in range(10)] + [dict(e) for e in train[:3]]
+    out = mask_leakage(synthetic, train, hold)
+    assert out["exact_copies"] >= 3 and out["synthetic"] == 13
+    assert out["near_copies"] >= 3 or out["threshold"] >= 0.999  # copies beat every held-out mask unless one is a copy too
 
 
 def test_leakage_flags_copied_images_and_masks():

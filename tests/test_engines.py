@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from cmrsynth.bundle_run import trainer_progress
-from cmrsynth.engines import EMAUpdater, ResumableCheckpoint, TimeBudget, ValidateAtEnd, latest_checkpoint
+from cmrsynth.engines import EMAUpdater, ResumableCheckpoint, TimeBudget, ValidateAtEnd, latest_checkpoint, start_from
+from cmrsynth.errors import CMRDataError
 
 
 def _trainer(net, max_epochs, handlers):
@@ -144,3 +145,29 @@ class _Unsafe:
     def _mark():
         _Unsafe.loaded = True
         return _Unsafe()
+
+
+def _net_and_ema(seed: int):
+    torch.manual_seed(seed)
+    net = torch.nn.Linear(5, 1)
+    return net, torch.optim.swa_utils.AveragedModel(net, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(0.9))
+
+
+def test_start_from_loads_pretrained_ema_weights_unless_the_run_resumes(tmp_path):
+    public, public_ema = _net_and_ema(0)
+    with torch.no_grad():
+        public_ema.module.weight.fill_(0.5)
+    torch.save({"ema": public_ema.state_dict()}, tmp_path / "best_ema.pt")
+    net, ema = _net_and_ema(1)
+    run = tmp_path / "run"
+    assert start_from(tmp_path / "best_ema.pt", run, net, ema) == str(tmp_path / "best_ema.pt")
+    assert torch.equal(net.weight, torch.full_like(net.weight, 0.5)) and torch.equal(ema.module.weight, net.weight)
+    assert start_from(None, run, net, ema) is None
+    run.mkdir()
+    torch.save({}, run / "checkpoint_epoch=1.pt")  # a run of its own: resume wins over the pretrained weights
+    fresh, fresh_ema = _net_and_ema(2)
+    assert start_from(tmp_path / "best_ema.pt", run, fresh, fresh_ema) is None
+    assert not torch.equal(fresh.weight, net.weight)
+    torch.save({"network": public.state_dict()}, tmp_path / "bare.pt")
+    with pytest.raises(CMRDataError, match="bare.pt.*no 'ema' entry"):
+        start_from(tmp_path / "bare.pt", tmp_path / "other", fresh, fresh_ema)

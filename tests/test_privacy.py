@@ -17,6 +17,7 @@ import torch
 from cmrsynth.generative import Generator
 from cmrsynth.metrics.privacy import (
     attack_metrics,
+    calibrated_scores,
     cross_fitted_accuracy,
     leakage_report,
     loss_scores,
@@ -28,6 +29,7 @@ from cmrsynth.metrics.privacy import (
     release_gate,
     roc_auc,
     secmi_scores,
+    slice_descriptors,
     tpr_at_fpr,
 )
 from tests.generative.helpers import OBJECTIVES, TargetOracle
@@ -84,6 +86,65 @@ def test_attack_metrics_have_intervals_and_need_enough_patients():
     assert out["auc"]["value"] > 0.7
     with pytest.raises(ValueError, match="at least 2 member"):
         attack_metrics({"a": 1.0}, non)
+
+
+def _confounded_scores(member_shift: float, seed: int = 0):
+    """70 patients x 6 slices whose score is dominated by each slice's difficulty (visible in its descriptors),
+    plus ``member_shift`` for the 50 members."""
+    rng = np.random.default_rng(seed)
+    patients = np.repeat([f"p{i:02d}" for i in range(70)], 6)
+    member = np.repeat(np.arange(70) < 50, 6)
+    difficulty = rng.normal(0, 1, len(patients))
+    descriptors = np.column_stack([difficulty + rng.normal(0, 0.1, len(patients)), rng.normal(0, 1, len(patients))])
+    return patients, member, descriptors, -2 * difficulty + member_shift * member + rng.normal(0, 0.3, len(patients))
+
+
+def _patient_auc(scores, patients, member):
+    pp = per_patient(scores, patients)
+    role = dict(zip(patients, member))
+    return attack_metrics({p: v for p, v in pp.items() if role[p]}, {p: v for p, v in pp.items() if not role[p]}, n_boot=50)
+
+
+def test_difficulty_calibration_finds_a_signal_that_slice_difficulty_hides():
+    patients, member, descriptors, scores = _confounded_scores(0.5)
+    calibrated = calibrated_scores(scores, descriptors, ~member, patients)
+    raw, cal = _patient_auc(scores, patients, member), _patient_auc(calibrated, patients, member)
+    assert raw["auc"]["value"] < 0.8 and cal["auc"]["value"] > 0.95
+    assert cal["tpr_at_1pct_fpr"]["value"] > raw["tpr_at_1pct_fpr"]["value"] + 0.3
+
+
+def test_difficulty_calibration_invents_no_signal():
+    """Without a member shift the calibrated attack stays near chance: non-members are never calibrated on
+    themselves (a model fitted on a slice would pull its residual towards zero and fake a gap)."""
+    aucs = []
+    for seed in range(5):
+        patients, member, descriptors, scores = _confounded_scores(0.0, seed)
+        aucs.append(_patient_auc(calibrated_scores(scores, descriptors, ~member, patients), patients, member)["auc"]["value"])
+    assert abs(np.mean(aucs) - 0.5) < 0.1
+
+
+def test_slice_level_metrics_resample_patients():
+    """Slices of one patient share that patient's effect: patient-level resampling gives the honest (wider) interval."""
+    rng = np.random.default_rng(0)
+    patients = np.repeat([f"p{i:02d}" for i in range(70)], 6)
+    member = np.repeat(np.arange(70) < 50, 6)
+    scores = np.repeat(rng.normal(0, 1, 70), 6) + 0.5 * member + rng.normal(0, 0.2, len(patients))
+    keys = [f"{p}#{i}" for i, p in enumerate(patients)]
+    split = {r: {k: v for k, v, m in zip(keys, scores, member) if m == r} for r in (True, False)}
+    out = attack_metrics(split[True], split[False], n_boot=200, groups=dict(zip(keys, patients)))
+    assert (out["members"], out["non_members"], out["member_scores"], out["non_member_scores"]) == (50, 20, 300, 120)
+    flat = attack_metrics(split[True], split[False], n_boot=200)  # slices as if independent: too narrow an interval
+    width = lambda o: o["auc"]["ci95"][1] - o["auc"]["ci95"][0]  # noqa: E731
+    assert width(out) > 1.5 * width(flat)
+    assert out["tpr_at_0.1pct_fpr"]["value"] <= out["tpr_at_1pct_fpr"]["value"] <= out["tpr_at_10pct_fpr"]["value"]
+
+
+def test_slice_descriptors_describe_masks_and_images():
+    rng = np.random.default_rng(0)
+    masks = rng.integers(0, 4, (5, 16, 16))
+    assert slice_descriptors(masks).shape == (5, 5)
+    both = slice_descriptors(masks, rng.normal(0, 1, (5, 16, 16)))
+    assert both.shape == (5, 11) and np.isfinite(both).all()
 
 
 def test_planted_copies_are_flagged_and_honest_samples_pass():

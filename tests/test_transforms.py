@@ -20,6 +20,7 @@ from cmrsynth.transforms import (
     ResampleInPlaned,
     crop_around,
     labelled_slices,
+    paired_augmentation,
     resample_in_plane,
 )
 
@@ -119,3 +120,42 @@ def test_class_index_transform_reads_group_phase_and_slice_position():
     assert by_phase(slice_)["class"] == 2 and by_position(slice_)["class"] == 8
     assert by_position({"group": "DCM", "phase": "ED"})["class"] == 12  # no position recorded: the null class
     assert ClassIndexd([])(slice_)["class"] == 0
+
+
+def _heart_pair(size: int = 64):
+    """An image whose intensity is a function of its label map (RV left of the LV, as in a short-axis slice)."""
+    yy, xx = np.mgrid[:size, :size]
+    label = np.zeros((size, size), np.float32)
+    label[(yy - 32) ** 2 + (xx - 36) ** 2 < 14 ** 2] = 2  # myocardium disc
+    label[(yy - 32) ** 2 + (xx - 36) ** 2 < 9 ** 2] = 3  # LV cavity
+    label[((yy - 32) ** 2 + (xx - 16) ** 2 < 8 ** 2) & (label == 0)] = 1  # RV, on the left
+    image = np.array([-1.0, 0.6, -0.2, 0.9], np.float32)[label.astype(int)]
+    return image[None], label[None]
+
+
+def test_paired_augmentation_moves_the_mask_with_the_image():
+    image, label = _heart_pair()
+    augment = paired_augmentation(prob=1.0, gamma=(1.0, 1.0))  # geometry only, so intensities still name labels
+    moved = 0
+    for seed in range(5):
+        augment.set_random_state(seed)
+        out = augment({"image": image.copy(), "label": label.copy()})
+        img, lab = np.asarray(out["image"])[0], np.asarray(out["label"])[0]
+        assert set(np.unique(lab)) <= {0.0, 1.0, 2.0, 3.0}  # still a label map (nearest neighbour)
+        interior = np.abs(img[..., None] - np.array([-1.0, 0.6, -0.2, 0.9])).min(-1) < 0.05  # away from blurred edges
+        assert (np.abs(img - np.array([-1.0, 0.6, -0.2, 0.9])[lab.astype(int)]) < 0.05)[interior].mean() > 0.97
+        moved += not np.array_equal(lab, label[0])
+        rv, lv = np.argwhere(lab == 1)[:, 1].mean(), np.argwhere(lab == 3)[:, 1].mean()
+        assert rv < lv  # never mirrored: the RV stays on the left
+    assert moved == 5
+
+
+def test_paired_augmentation_jitters_contrast_of_the_image_only_and_augments_masks_alone():
+    image, label = _heart_pair()
+    augment = paired_augmentation(prob=1.0, rotate_degrees=0.0, scale=0.0, shift_pixels=0.0, gamma=(2.0, 2.0))
+    out = augment({"image": image.copy(), "label": label.copy()})
+    assert np.array_equal(np.asarray(out["label"]), label)
+    assert not np.allclose(np.asarray(out["image"]), image) and np.asarray(out["image"]).min() >= -1.0 - 1e-5
+    masks_only = paired_augmentation(image_key=None, prob=1.0)
+    masks_only.set_random_state(1)
+    assert not np.array_equal(np.asarray(masks_only({"label": label.copy()})["label"]), label)

@@ -72,11 +72,23 @@ def guarded_slices(datalist: str | Path, per_patient: int | None = 6, seed: int 
     return [e for e in audited if e["patient"] not in excluded], train, {**check, "excluded": sorted(excluded)}
 
 
-def _bound(generator: Generator, entries: Sequence[dict], device) -> BoundModel:
-    """The generator bound to each slice's real mask and class."""
+def draws_masks(generator: Generator) -> bool:
+    """Whether the generator's samples are masks (the mask generator: one-hot label maps, conditioned on class
+    only) rather than images conditioned on a mask."""
+    return generator.data_channels == NUM_CLASSES
+
+
+def _attack_inputs(generator: Generator, entries: Sequence[dict], device) -> tuple[torch.Tensor, BoundModel]:
+    """(clean data x0, the generator bound to each slice's conditions): for an image generator the slice's image
+    and its real mask and class; for the mask generator the real mask itself (one-hot in [-1, 1], as it trains)
+    and its class."""
     masks = torch.from_numpy(np.stack([e["mask"] for e in entries]).astype(np.int64))
     onehot = F.one_hot(masks, NUM_CLASSES).permute(0, 3, 1, 2).float().to(device)
-    return generator.bind(onehot, generator.classes.labels(list(entries), device))
+    classes = generator.classes.labels(list(entries), device)
+    if draws_masks(generator):
+        return onehot * 2.0 - 1.0, generator.bind(None, classes)
+    x0 = torch.as_tensor(np.stack([e["array"] for e in entries]), dtype=torch.float32)[:, None].to(device)
+    return x0, generator.bind(onehot, classes)
 
 
 def level_name(level: float) -> str:
@@ -86,7 +98,8 @@ def level_name(level: float) -> str:
 
 def attack_scores(generator: Generator, slices: Sequence[dict], levels: Sequence[float] = (0.05, 0.1, 0.2, 0.5),
                   batch_size: int = 32, device="cpu", seed: int = 0) -> dict:
-    """Per-slice scores of every attack (higher = more likely a member), conditioned on each slice's real mask.
+    """Per-slice scores of every attack (higher = more likely a member), conditioned on each slice's real mask
+    (image generators) or class (the mask generator, whose data is the real mask).
 
     Loss attacks run at every noise level, PIA at the first two; SecMI at level 0.1 (steps of 0.01) and the
     mid-band attack at level 0.1, for any generator of the contract."""
@@ -98,23 +111,42 @@ def attack_scores(generator: Generator, slices: Sequence[dict], levels: Sequence
     scores = {name: [] for name in attacks}
     for start in range(0, len(slices), batch_size):
         chunk = slices[start:start + batch_size]
-        x0 = torch.as_tensor(np.stack([e["array"] for e in chunk]), dtype=torch.float32)[:, None].to(device)
-        model = _bound(generator, chunk, device)
+        x0, model = _attack_inputs(generator, chunk, device)
         for name, attack in attacks.items():
             scores[name].extend(attack(model, x0).tolist())
     return scores
 
 
-def membership_table(scores: dict, slices: Sequence[dict], seed: int = 0) -> dict:
-    """Attack metrics per attack from per-slice scores, aggregated per patient (mean over slices)."""
+def with_calibrated(scores: dict, slices: Sequence[dict], seed: int = 0) -> dict:
+    """The attack scores plus, for each, its difficulty-calibrated version ``<attack>_cal``
+    (``privacy.calibrated_scores``: the quantile-regression attack, calibrated on the non-member slices with
+    cross-fitting over non-member patients, so no slice is calibrated on itself)."""
+    masks = np.stack([e["mask"] for e in slices])
+    images = np.stack([e["array"] for e in slices]) if all("array" in e for e in slices) else None
+    descriptors = privacy.slice_descriptors(masks, images)
+    reference = [e["role"] == "non_member" for e in slices]
     patients = [e["patient"] for e in slices]
-    roles = {e["patient"]: e["role"] for e in slices}
+    calibrated = {f"{name}_cal": privacy.calibrated_scores(v, descriptors, reference, patients, seed=seed).tolist()
+                  for name, v in scores.items()}
+    return {**scores, **calibrated}
+
+
+def membership_table(scores: dict, slices: Sequence[dict], seed: int = 0, level: str = "patient") -> dict:
+    """Attack metrics per attack from per-slice scores: per patient (mean over its slices) or per slice (bootstrap
+    and cross-fitting still by patient)."""
+    roles = [e["role"] for e in slices]
+    patients = [e["patient"] for e in slices]
     table = {}
     for name, values in scores.items():
-        pp = privacy.per_patient(values, patients)
-        members = {p: v for p, v in pp.items() if roles[p] == "member"}
-        non = {p: v for p, v in pp.items() if roles[p] == "non_member"}
-        table[name] = privacy.attack_metrics(members, non, seed=seed)
+        if level == "patient":
+            pp = privacy.per_patient(values, patients)
+            role_of = dict(zip(patients, roles))
+            split = {r: {p: v for p, v in pp.items() if role_of[p] == r} for r in ("member", "non_member")}
+            table[name] = privacy.attack_metrics(split["member"], split["non_member"], seed=seed)
+        else:
+            keys = [f"{p}#{i}" for i, p in enumerate(patients)]
+            split = {r: {k: v for k, v, rr in zip(keys, values, roles) if rr == r} for r in ("member", "non_member")}
+            table[name] = privacy.attack_metrics(split["member"], split["non_member"], seed=seed, groups=dict(zip(keys, patients)))
     return table
 
 
@@ -286,6 +318,17 @@ def mask_copies(synthetic: Sequence[dict], train: Sequence[dict], holdout: Seque
     return dice, float(np.quantile(hold, 1.0 - quantile))
 
 
+def mask_leakage(synthetic: Sequence[dict], train: Sequence[dict], holdout: Sequence[dict], quantile: float = 0.01) -> dict:
+    """A synthetic mask set against the training masks: Dice of each to its nearest training mask beside the same
+    for held-out masks, and the near copies the release gate drops (Dice above the held-out 1 - ``quantile``
+    quantile, ``mask_copies``)."""
+    dice, threshold = mask_copies(synthetic, train, holdout, quantile)
+    hold = privacy.mask_dice_nearest(np.stack([e["mask"] for e in holdout]), np.stack([e["mask"] for e in train]))
+    return {"synthetic": len(dice), "median": float(np.median(dice)), "holdout_median": float(np.median(hold)),
+            "exact_copies": int((dice >= 0.999).sum()), "threshold": threshold, "threshold_quantile": quantile,
+            "near_copies": int((dice > threshold).sum()), "near_copy_rate": float((dice > threshold).mean())}
+
+
 def release(synthetic_datalist: str | Path, real_datalist: str | Path, out_path: str | Path, quantile: float = 0.01,
             key: str = "training") -> dict:
     """The release gate: drop synthetic slices closer (pixel RMS) to a training slice than the holdout-calibrated
@@ -364,43 +407,88 @@ def _finding(kind: str, table: dict) -> str:
     return f"- {kind}: **members can be told apart** by {listed}."
 
 
+def strongest(table: dict) -> tuple[str, dict]:
+    """The attack of a membership table with the highest ROC AUC (picked after the fact: optimistic for the
+    attacker)."""
+    return max(table.items(), key=lambda kv: kv[1]["auc"]["value"])
+
+
 def summary_lines(result: dict) -> list[str]:
     """The report's verdict in plain sentences."""
-    lines = ["## Summary", "", _finding("Membership (white-box, model weights)", result["membership"])]
+    lines = ["## Summary", "", _finding("Membership (white-box, model weights, per patient)", result["membership"])]
+    if "membership_slices" in result:
+        name, m = strongest(result["membership_slices"])
+        lines.append(f"- Per slice ({m['member_scores']} member and {m['non_member_scores']} non-member slices), the strongest "
+                     f"attack is {name}: AUC {m['auc']['value']:.2f} [{m['auc']['ci95'][0]:.2f}, {m['auc']['ci95'][1]:.2f}], "
+                     f"TPR {m['tpr_at_1pct_fpr']['value']:.1%} at 1 % FPR and {m['tpr_at_0.1pct_fpr']['value']:.1%} at 0.1 % FPR "
+                     f"(a random guess: 1 % and 0.1 %).")
     if "reconstruction" in result:
         lines.append(_finding("Reconstruction (black-box, images drawn from the patients' own masks)",
                               result["reconstruction"]["membership"]))
-    if "leakage" in result:
-        p = result["leakage"]["pixel"]
+    leak = result.get("leakage", {})
+    if "pixel" in leak:
+        p = leak["pixel"]
         lines.append(f"- Synthetic set: {p['near_copies']} of {p['synthetic']} images closer to a training image than "
                      f"{p['threshold_quantile']:.0%} of held-out real images are (a rate of {p['near_copy_rate']:.1%}; about "
                      f"{p['threshold_quantile']:.0%} is expected by chance); `release.yaml` removes them.")
+    if "masks" in leak:
+        p = leak["masks"]
+        lines.append(f"- Synthetic masks: {p['near_copies']} of {p['synthetic']} closer to a training mask than "
+                     f"{1 - p['threshold_quantile']:.0%} of held-out masks are (Dice above {p['threshold']:.3f}); "
+                     "`release.yaml` removes them.")
     return lines + [""]
+
+
+def _membership_lines(title: str, table: dict, note: str) -> list[str]:
+    lines = [f"## {title}", "", note, "",
+             "| attack | ROC AUC [95 % CI] | TPR at 0.1 % FPR | TPR at 1 % FPR | TPR at 10 % FPR | balanced accuracy (cross-fitted) [95 % CI] |",
+             "|---|---|---|---|---|---|"]
+    for name, m in table.items():
+        ci = lambda k: f"{m[k]['value']:.2f} [{m[k]['ci95'][0]:.2f}, {m[k]['ci95'][1]:.2f}]"  # noqa: E731
+        lines.append(f"| {name} | {ci('auc')} | {m['tpr_at_0.1pct_fpr']['value']:.3f} | {m['tpr_at_1pct_fpr']['value']:.3f} | "
+                     f"{m['tpr_at_10pct_fpr']['value']:.2f} | {ci('balanced_accuracy')} |")
+    return lines
+
+
+CALIBRATION_NOTE = ("`_cal`: the attack calibrated per slice (quantile-regression attack, no shadow generators): its score "
+                    "minus what the generator scores on held-out slices of the same kind (structure sizes, boundary "
+                    "length, intensity, texture), in units of their spread, fitted on non-member patients of other folds.")
 
 
 def report_markdown(result: dict) -> str:
     """A plain report a data-protection officer can read."""
     check = [check_line(result["non_member_check"]), ""] if "non_member_check" in result else []
+    data = "masks" if result.get("data") == "masks" else "slices"
     lines = [f"# Privacy audit: {result['generator']}", "", *check,
              f"Members (the generator's training patients): {result['members']}; non-members (held-out patients of the "
-             f"same cohort): {result['non_members']}. Scores are per patient (mean over up to {result['slices_per_patient']} "
-             "slices). Attack success of 0.5 balanced accuracy / 0.5 AUC means the attacker cannot tell members apart.", "",
-             *summary_lines(result),
-             "## Membership inference (white-box)", "",
-             "| attack | ROC AUC [95 % CI] | TPR at 1 % FPR | TPR at 10 % FPR | balanced accuracy (cross-fitted) [95 % CI] |",
-             "|---|---|---|---|---|"]
-    for name, m in result["membership"].items():
-        ci = lambda k: f"{m[k]['value']:.2f} [{m[k]['ci95'][0]:.2f}, {m[k]['ci95'][1]:.2f}]"  # noqa: E731
-        lines.append(f"| {name} | {ci('auc')} | {m['tpr_at_1pct_fpr']['value']:.2f} | {m['tpr_at_10pct_fpr']['value']:.2f} | {ci('balanced_accuracy')} |")
-    if "leakage" in result:
-        lines += _leakage_lines("pixel space, RMS distance", result["leakage"]["pixel"])
-        if "mask_dice_to_nearest_train" in result["leakage"]:
-            md = result["leakage"]["mask_dice_to_nearest_train"]
+             f"same cohort): {result['non_members']}. Each attack scores up to {result['slices_per_patient']} real {data} "
+             "per patient. Attack success of 0.5 balanced accuracy / 0.5 AUC means the attacker cannot tell members apart.", "",
+             *summary_lines(result)]
+    lines += _membership_lines("Membership inference (white-box), per patient", result["membership"],
+                               "Scores averaged over each patient's slices. " + CALIBRATION_NOTE)
+    if "membership_slices" in result:
+        m = next(iter(result["membership_slices"].values()))
+        lines += [""] + _membership_lines(
+            "Membership inference (white-box), per slice", result["membership_slices"],
+            f"{m['member_scores']} member and {m['non_member_scores']} non-member slices: an FPR below "
+            f"1/{m['non_member_scores']} means no false positive at all. Intervals resample patients with all their slices.")
+    leak = result.get("leakage", {})
+    if "pixel" in leak:
+        lines += _leakage_lines("pixel space, RMS distance", leak["pixel"])
+        if "mask_dice_to_nearest_train" in leak:
+            md = leak["mask_dice_to_nearest_train"]
             lines.append(f"- masks: median Dice to the nearest training mask {md['median']:.3f} (holdout "
                          f"{md.get('holdout_median', float('nan')):.3f}); exact copies {md['exact_copies']}")
-        lines.append(f"- closest examples: `{result['leakage'].get('figure', '')}`")
-        if "feature" in result["leakage"]:
-            lines += _leakage_lines("encoder-feature space, standardised features", result["leakage"]["feature"])
+        lines.append(f"- closest examples: `{leak.get('figure', '')}`")
+        if "feature" in leak:
+            lines += _leakage_lines("encoder-feature space, standardised features", leak["feature"])
+    if "masks" in leak:
+        md = leak["masks"]
+        lines += ["", "## Nearest-training-mask leakage (Dice)", "",
+                  f"- median Dice of a synthetic mask to its nearest training mask {md['median']:.3f}; held-out real masks "
+                  f"{md['holdout_median']:.3f}",
+                  f"- near copies (Dice above the held-out {1 - md['threshold_quantile']:.0%} quantile, {md['threshold']:.3f}): "
+                  f"{md['near_copies']} of {md['synthetic']} ({md['near_copy_rate']:.1%}); exact copies {md['exact_copies']}"]
     if "reconstruction" in result:
         r = result["reconstruction"]
         sampler = r.get("sampler") or f"DDIM-{r['ddim_steps']}"  # audits written before the generator contract
@@ -438,15 +526,19 @@ def run_audit(generator: Generator, real_datalist: str | Path, out_dir: str | Pa
     out_dir.mkdir(parents=True, exist_ok=True)
     slices, train, check = guarded_slices(real_datalist, per_patient, seed)
     excluded = frozenset(check["excluded"])
-    scores = attack_scores(generator, slices, levels, batch_size, device, seed)
+    scores = with_calibrated(attack_scores(generator, slices, levels, batch_size, device, seed), slices, seed)
     result = {"generator": generator.name, "checkpoint": generator.checkpoint, "real_datalist": str(real_datalist),
-              "non_member_check": check,
+              "data": "masks" if draws_masks(generator) else "images", "non_member_check": check,
               "members": len({e["patient"] for e in slices if e["role"] == "member"}),
               "non_members": len({e["patient"] for e in slices if e["role"] == "non_member"}),
-              "slices_per_patient": per_patient, "membership": membership_table(scores, slices, seed)}
+              "slices_per_patient": per_patient, "membership": membership_table(scores, slices, seed),
+              "membership_slices": membership_table(scores, slices, seed, "slice")}
     if synthetic_datalist:
         syn = load_section(synthetic_datalist, synthetic_key)
         hold = [e for s in NON_MEMBER_SECTIONS for e in load_section(real_datalist, s) if e["patient"] not in excluded]
+    if synthetic_datalist and draws_masks(generator):
+        result["leakage"] = {"masks": mask_leakage(syn, train, hold)}
+    elif synthetic_datalist:
         stack = lambda es, k: np.stack([e[k] for e in es])  # noqa: E731
         images = [stack(es, "array") for es in (syn, train, hold)]
         encoder = _encode_once(encoder) if encoder is not None else None
@@ -455,6 +547,7 @@ def run_audit(generator: Generator, real_datalist: str | Path, out_dir: str | Pa
         png = out_dir / "closest_synthetic_vs_train.png"
         _nearest_figure(images[0], images[1], np.array(result["leakage"]["synthetic_to_train"]), png)
         result["leakage"]["figure"] = png.name
+    reconstruction = reconstruction and not draws_masks(generator)  # a class-conditioned draw names no patient
     if reconstruction:
         result["reconstruction"] = _reconstruction(generator, real_datalist, out_dir, per_patient, batch_size, seed, device,
                                                    excluded)
@@ -463,12 +556,14 @@ def run_audit(generator: Generator, real_datalist: str | Path, out_dir: str | Pa
     with tracked_run(out_dir, "privacy_audit", generator.name, {"per_patient": per_patient, "noise_levels": list(levels)},
                      tracking_uri) as run:
         run.log_metrics({f"{a}_auc": m["auc"]["value"] for a, m in result["membership"].items()})
+        run.log_metrics({f"{a}_slice_{k}": m[k]["value"] for a, m in result["membership_slices"].items()
+                         for k in ("auc", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr")})
         run.log_metrics({"non_member_near_copies": len(check["excluded"])})
         if "reconstruction" in result:
             run.log_metrics({f"reconstruction_{a}_auc": m["auc"]["value"] for a, m in result["reconstruction"]["membership"].items()})
         if "leakage" in result:
             run.log_metrics({f"near_copy_rate_{space}": result["leakage"][space]["near_copy_rate"]
-                             for space in ("pixel", "feature") if space in result["leakage"]})
+                             for space in ("pixel", "feature", "masks") if space in result["leakage"]})
         run.log_artifact(out_dir / "audit.json")
         run.log_artifact(out_dir / "audit.md")
     return result

@@ -210,3 +210,26 @@ def test_dp_training_overlay_reports_epsilon_to_mlflow_and_checkpoints_the_accou
     [exp] = [e for e in client.search_experiments() if e.name == "ddpm_cmr"]
     [run] = client.search_runs([exp.experiment_id])
     assert 0 < run.data.metrics["dp_epsilon"] <= 8.0
+
+
+def test_dp_fine_tuning_starts_from_public_weights_spends_its_budget_and_resumes(prepared, tmp_path):
+    """dp_pretrained.yaml: the run starts from the pre-trained EMA weights (learning rate 0 keeps them exactly),
+    epsilon never exceeds its target, and a resumed run keeps counting from its own checkpoint."""
+    from cmrsynth.dp import budget_spent
+
+    public = tmp_path / "public"
+    run_bundle(IMAGES, TRAIN, public, _tiny(dataset_dir=str(prepared), max_epochs=1))
+    pretrained = torch.load(public / "models" / "best_ema.pt", weights_only=True)["ema"]
+    n = len(json.loads((prepared / "datalist.json").read_text())["training"])
+    dp = _tiny(dataset_dir=str(prepared), max_epochs=1, learning_rate=0.0, dp_target_epsilon=8.0, dp_delta=1.0 / (2 * n),
+               dp_epochs=4, pretrained=str(public / "models" / "best_ema.pt"))
+    root = tmp_path / "dp"
+    overlays = TRAIN + ["dp_train.yaml", "dp_pretrained.yaml"]
+    run_bundle(IMAGES, overlays, root, dp)
+    first = torch.load(root / "models" / "checkpoint_final.pt", weights_only=True)
+    for k, v in pretrained.items():
+        torch.testing.assert_close(first["ema"][k], v)
+    run_bundle(IMAGES, overlays, root, {**dp, "max_epochs": 2, "pretrained": str(tmp_path / "gone.pt")})  # resume: unused
+    second = torch.load(root / "models" / "checkpoint_final.pt", weights_only=True)
+    spent = [budget_spent(state["dp"], 1.0 / (2 * n)) for state in (first, second)]
+    assert spent[1]["steps"] > spent[0]["steps"] and 0 < spent[0]["epsilon"] < spent[1]["epsilon"] <= 8.0

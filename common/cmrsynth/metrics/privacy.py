@@ -147,18 +147,31 @@ def _best_rule(members: np.ndarray, non_members: np.ndarray) -> tuple[float, flo
     return best[1], best[2]
 
 
-def out_of_fold_calls(members: np.ndarray, non_members: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Member / non-member calls for every patient from a threshold fitted on the other half of the patients.
+def _group_index(groups: Sequence | None, n: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    """(group number of each element, element indices of each group); no groups: every element its own."""
+    if groups is None:
+        return np.arange(n), [np.array([i]) for i in range(n)]
+    codes = {g: k for k, g in enumerate(dict.fromkeys(groups))}
+    number = np.array([codes[g] for g in groups])
+    return number, [np.flatnonzero(number == k) for k in range(len(codes))]
 
-    Two-fold cross-fitting: patients are split at random into halves; each half is called with the threshold
-    (and direction) that maximises balanced accuracy on the other half, so no rule ever sees the scores it calls.
+
+def out_of_fold_calls(members: np.ndarray, non_members: np.ndarray, seed: int = 0, member_groups: Sequence | None = None,
+                      non_member_groups: Sequence | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Member / non-member calls for every score from a threshold fitted on the other half of the patients.
+
+    Two-fold cross-fitting: patients (``*_groups``: the patient of each score; default: one score each) are split
+    at random into halves; each half is called with the threshold (and direction) that maximises balanced accuracy
+    on the other half, so no rule ever sees the scores (or the patients) it calls.
 
     Returns:
         (called-member flags of the members, called-member flags of the non-members), in input order.
     """
     m, n = np.asarray(members, float), np.asarray(non_members, float)
     rng = np.random.default_rng(seed)
-    fold_m, fold_n = rng.permutation(len(m)) % 2, rng.permutation(len(n)) % 2
+    group_m, group_n = _group_index(member_groups, len(m))[0], _group_index(non_member_groups, len(n))[0]
+    fold_m = (rng.permutation(group_m.max() + 1) % 2)[group_m]
+    fold_n = (rng.permutation(group_n.max() + 1) % 2)[group_n]
     call_m, call_n = np.zeros(len(m), bool), np.zeros(len(n), bool)
     for fold in (0, 1):
         sign, c = _best_rule(m[fold_m != fold], n[fold_n != fold])
@@ -173,29 +186,105 @@ def cross_fitted_accuracy(members: np.ndarray, non_members: np.ndarray, seed: in
     return float(0.5 * (call_m.mean() + (~call_n).mean()))
 
 
+FPR_LEVELS = {"tpr_at_0.1pct_fpr": 0.001, "tpr_at_1pct_fpr": 0.01, "tpr_at_10pct_fpr": 0.10}
+
+
 def attack_metrics(member_scores: Mapping[str, float], non_member_scores: Mapping[str, float], n_boot: int = 1000,
-                   seed: int = 0) -> dict:
-    """Attack success from per-patient scores (higher = member), each with a bootstrap 95 % interval over patients.
+                   seed: int = 0, groups: Mapping[str, str] | None = None) -> dict:
+    """Attack success from scores (higher = member), each with a bootstrap 95 % interval over patients.
+
+    Scores are per patient (keys: patients), or per slice with ``groups`` mapping each key to its patient: the
+    bootstrap then resamples patients with all their slices (slices of one patient are not independent) and the
+    cross-fitted threshold is fitted on other patients.
 
     Returns:
-        {"auc", "tpr_at_1pct_fpr", "tpr_at_10pct_fpr", "balanced_accuracy"}: {"value", "ci95"}, plus counts.
-        With N non-members, FPRs below 1/N are not resolvable: TPR at 1 % FPR is then TPR at FPR 0.
+        {"auc", "tpr_at_0.1pct_fpr", "tpr_at_1pct_fpr", "tpr_at_10pct_fpr", "balanced_accuracy"}: {"value",
+        "ci95"}, plus counts. With N non-member scores, FPRs below 1/N are not resolvable: TPR at 1 % FPR is then
+        TPR at FPR 0.
     """
     m, n = np.array(list(member_scores.values()), float), np.array(list(non_member_scores.values()), float)
     if len(m) < 2 or len(n) < 2:
-        raise ValueError(f"need at least 2 member and 2 non-member patients, got {len(m)} and {len(n)}")
-    call_m, call_n = out_of_fold_calls(m, n, seed)  # fixed once: resampling must not refit thresholds
+        raise ValueError(f"need at least 2 member and 2 non-member scores, got {len(m)} and {len(n)}")
+    gm = [groups[k] for k in member_scores] if groups else None
+    gn = [groups[k] for k in non_member_scores] if groups else None
+    call_m, call_n = out_of_fold_calls(m, n, seed, gm, gn)  # fixed once: resampling must not refit thresholds
     balanced = lambda i, j: 0.5 * (call_m[i].mean() + (~call_n[j]).mean())  # noqa: E731
-    stats = {"auc": lambda i, j: roc_auc(m[i], n[j]), "tpr_at_1pct_fpr": lambda i, j: tpr_at_fpr(m[i], n[j], 0.01),
-             "tpr_at_10pct_fpr": lambda i, j: tpr_at_fpr(m[i], n[j], 0.10), "balanced_accuracy": balanced}
+    stats = {"auc": lambda i, j: roc_auc(m[i], n[j])}
+    stats |= {name: (lambda i, j, f=fpr: tpr_at_fpr(m[i], n[j], f)) for name, fpr in FPR_LEVELS.items()}
+    stats["balanced_accuracy"] = balanced
+    members_of, non_members_of = _group_index(gm, len(m))[1], _group_index(gn, len(n))[1]
     rng = np.random.default_rng(seed)
-    boots = [(rng.integers(0, len(m), len(m)), rng.integers(0, len(n), len(n))) for _ in range(n_boot)]
-    out: dict = {"members": len(m), "non_members": len(n)}
+    pick = lambda parts: np.concatenate([parts[k] for k in rng.integers(0, len(parts), len(parts))])  # noqa: E731
+    boots = [(pick(members_of), pick(non_members_of)) for _ in range(n_boot)]
+    out: dict = {"members": len(members_of), "non_members": len(non_members_of)}
+    if groups:
+        out |= {"member_scores": len(m), "non_member_scores": len(n)}
     everyone = (np.arange(len(m)), np.arange(len(n)))
     for name, fn in stats.items():
         values = [fn(i, j) for i, j in boots]
         out[name] = {"value": float(fn(*everyone)), "ci95": [float(np.quantile(values, 0.025)), float(np.quantile(values, 0.975))]}
     return out
+
+
+def slice_descriptors(masks: np.ndarray, images: np.ndarray | None = None) -> np.ndarray:
+    """What makes a slice easy or hard to denoise for any model, member or not: per slice, the share of each
+    structure in the mask and its boundary length, and (with images) intensity mean and spread, total variation and
+    spectral energy in a low, mid and high band. (N, H, W) label maps and images -> (N, D) descriptors."""
+    masks = np.asarray(masks)
+    parts = [np.stack([(masks == k).mean((1, 2)) for k in range(1, int(masks.max(initial=0)) + 2)], 1),
+             ((np.diff(masks, axis=1) != 0).mean((1, 2)) + (np.diff(masks, axis=2) != 0).mean((1, 2)))[:, None]]
+    if images is not None:
+        x = torch.as_tensor(np.asarray(images, np.float32))
+        power = torch.fft.fft2(x - x.mean((1, 2), keepdim=True)).abs() ** 2
+        bands = [band_mask(x.shape[-1], low, high) for low, high in ((0.0, 0.1), (0.1, 0.25), (0.25, 1.0))]
+        parts += [x.mean((1, 2))[:, None].numpy(), x.std((1, 2))[:, None].numpy(),
+                  ((x.diff(dim=1).abs().mean((1, 2)) + x.diff(dim=2).abs().mean((1, 2))))[:, None].numpy(),
+                  np.log(torch.stack([(power * b).mean((1, 2)) for b in bands], 1).numpy() + 1e-8)]
+    return np.concatenate(parts, 1).astype(float)
+
+
+def _ridge(features: np.ndarray, target: np.ndarray, penalty: float) -> np.ndarray:
+    """Ridge regression weights; the first column (the intercept) is not penalised."""
+    eye = np.eye(features.shape[1]) * penalty
+    eye[0, 0] = 0.0
+    return np.linalg.solve(features.T @ features + eye, features.T @ target)
+
+
+def calibrated_scores(scores: Sequence[float], descriptors: np.ndarray, reference: Sequence[bool], groups: Sequence,
+                      folds: int = 5, penalty: float = 1.0, seed: int = 0) -> np.ndarray:
+    """Per-example difficulty calibration without shadow generators: the quantile-regression membership attack
+    (Bertran et al., NeurIPS 2023) in its Gaussian form.
+
+    On reference examples (known non-members), the attack score's mean and spread are regressed on each example's
+    ``descriptors`` (``slice_descriptors``; ridge for the mean, ridge on the log absolute residual for the spread);
+    the calibrated score is (score - predicted mean) / predicted spread: how far a slice sits above what the model
+    does on unseen slices like it. Reference examples are calibrated by models fitted on the other ``folds`` of
+    reference patients (``groups``: the patient of each example), never on themselves; the others by the mean of
+    the fold models. Higher still means member.
+    """
+    s = np.asarray(scores, float)
+    ref = np.asarray(reference, bool)
+    d = np.asarray(descriptors, float)
+    features = np.column_stack([np.ones(len(s)), (d - d.mean(0)) / (d.std(0) + 1e-12)])
+    patients = np.array([str(g) for g in groups])
+    ref_patients = np.unique(patients[ref])
+    if len(ref_patients) < 2:
+        raise ValueError(f"difficulty calibration needs at least 2 reference patients, got {len(ref_patients)}")
+    fold_of = dict(zip(np.random.default_rng(seed).permutation(ref_patients), np.arange(len(ref_patients)) % folds))
+    fold = np.array([fold_of.get(p, -1) for p in patients])
+    mean, spread = np.zeros(len(s)), np.zeros(len(s))
+    n_folds = int(fold.max()) + 1
+    for k in range(n_folds):
+        fit = ref & (fold != k)
+        w = _ridge(features[fit], s[fit], penalty)
+        residual = s[fit] - features[fit] @ w
+        v = _ridge(features[fit], np.log(np.abs(residual) + 1e-12), penalty)
+        sd = np.clip(np.exp(features @ v + 0.635), 0.2 * residual.std(), 5 * residual.std())  # E log|N(0, sd)| = log sd - 0.635
+        apply = fold == k
+        mean[apply], spread[apply] = (features @ w)[apply], sd[apply]
+        mean[~ref] += (features @ w)[~ref] / n_folds
+        spread[~ref] += sd[~ref] / n_folds
+    return (s - mean) / np.maximum(spread, 1e-12)
 
 
 def nearest_distances(queries: np.ndarray, references: np.ndarray, exclude_self: bool = False, batch: int = 256) -> np.ndarray:
