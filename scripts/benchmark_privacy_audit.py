@@ -156,8 +156,8 @@ def privacy_table(rows: dict) -> str:
     attack, epsilon, near copies and what the gate removed."""
     lines = ["| recipe | ε (δ = 1e-5) | strongest attack per patient: AUC [95 % CI], TPR at 1 % FPR | calibrated, per patient | "
              "strongest attack per slice: AUC [95 % CI], TPR at 1 % / 0.1 % FPR | calibrated, per slice | "
-             "reconstruction (black-box): AUC [95 % CI] | near copies pixel / feature / mask | removed by the release gate |",
-             "|---" * 9 + "|"]
+             "strongest per slice, test patients alone as non-members | reconstruction (black-box): AUC [95 % CI] | "
+             "near copies pixel / feature / mask | removed by the release gate |", "|---" * 10 + "|"]
     for row in rows.values():
         a = row["audit"]
         cells = []
@@ -167,6 +167,12 @@ def privacy_table(rows: dict) -> str:
                 tpr = (f"{m['tpr_at_1pct_fpr']['value']:.3f} / {m['tpr_at_0.1pct_fpr']['value']:.3f}" if slices
                        else f"{m['tpr_at_1pct_fpr']['value']:.2f}")
                 cells.append(f"{name}: {interval(m)}, {tpr}")
+        test = a.get("test_non_members_only", {}).get("membership_slices")
+        if test:
+            name, m = max(test.items(), key=lambda kv: kv[1]["auc"]["value"])
+            cells.append(f"{name}: {interval(m)}, {m['tpr_at_1pct_fpr']['value']:.3f}")
+        else:
+            cells.append("-")
         rec = a.get("reconstruction", {}).get("membership", {}).get("neg_rms")
         leak = a.get("leakage", {})
         copies = " / ".join(f"{leak[k]['near_copies']} of {leak[k]['synthetic']}" if k in leak else "-" for k in ("pixel", "feature", "masks"))
@@ -228,7 +234,8 @@ def aims(rows: dict) -> dict:
     out = {}
     new, old, dp = rows.get("new_default"), rows.get("old_default"), rows.get("dp_pretrained")
     if new:
-        slices = new["audit"]["membership_slices"]
+        tables = [new["audit"]["membership_slices"], new["audit"].get("test_non_members_only", {}).get("membership_slices", {})]
+        slices = {f"{n} (test non-members)" if i else n: m for i, t in enumerate(tables) for n, m in t.items()}
         name, best = max(slices.items(), key=lambda kv: kv[1]["auc"]["value"])
         tpr = max(m["tpr_at_1pct_fpr"]["value"] for m in slices.values())
         rec = new["audit"]["reconstruction"]["membership"]["neg_rms"]["auc"]["value"]

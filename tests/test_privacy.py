@@ -142,9 +142,9 @@ def test_slice_level_metrics_resample_patients():
 def test_slice_descriptors_describe_masks_and_images():
     rng = np.random.default_rng(0)
     masks = rng.integers(0, 4, (5, 16, 16))
-    assert slice_descriptors(masks).shape == (5, 5)
+    assert slice_descriptors(masks).shape == (5, 4)  # RV, MYO, LV shares and boundary length
     both = slice_descriptors(masks, rng.normal(0, 1, (5, 16, 16)))
-    assert both.shape == (5, 11) and np.isfinite(both).all()
+    assert both.shape == (5, 10) and np.isfinite(both).all()
 
 
 def test_planted_copies_are_flagged_and_honest_samples_pass():

@@ -156,6 +156,13 @@ def test_paired_augmentation_jitters_contrast_of_the_image_only_and_augments_mas
     out = augment({"image": image.copy(), "label": label.copy()})
     assert np.array_equal(np.asarray(out["label"]), label)
     assert not np.allclose(np.asarray(out["image"]), image) and np.asarray(out["image"]).min() >= -1.0 - 1e-5
+    shift = paired_augmentation(prob=1.0, rotate_degrees=0.0, scale=0.0, shift_pixels=6.0, gamma=(1.0, 1.0))
+    moves = []
+    for seed in range(6):
+        shift.set_random_state(seed)
+        lab = np.asarray(shift({"image": image.copy(), "label": label.copy()})["label"])[0]
+        moves.append(np.argwhere(lab == 3).mean(0) - np.argwhere(label[0] == 3).mean(0))
+    assert (np.abs(moves) > 0.5).any(0).all()  # shifts along both axes
     masks_only = paired_augmentation(image_key=None, prob=1.0)
     masks_only.set_random_state(1)
     assert not np.array_equal(np.asarray(masks_only({"label": label.copy()})["label"]), label)

@@ -43,9 +43,9 @@ def audit_slices(datalist: str | Path, per_patient: int | None = 6, seed: int = 
     path = Path(datalist)
     path = path / "datalist.json" if path.is_dir() else path
     read = load_section if load else (lambda p, section: [dict(e) for e in load_json(p)[section]])
-    entries = [{**e, "role": "member"} for e in read(path, "training")]
+    entries = [{**e, "role": "member", "section": "training"} for e in read(path, "training")]
     for section in NON_MEMBER_SECTIONS:
-        entries += [{**e, "role": "non_member"} for e in read(path, section)]
+        entries += [{**e, "role": "non_member", "section": section} for e in read(path, section)]
     if any("patient" not in e for e in entries):
         raise CMRDataError(path, "entries need a 'patient' field to audit per patient")
     by_patient: dict[str, list[dict]] = {}
@@ -422,6 +422,13 @@ def summary_lines(result: dict) -> list[str]:
                      f"attack is {name}: AUC {m['auc']['value']:.2f} [{m['auc']['ci95'][0]:.2f}, {m['auc']['ci95'][1]:.2f}], "
                      f"TPR {m['tpr_at_1pct_fpr']['value']:.1%} at 1 % FPR and {m['tpr_at_0.1pct_fpr']['value']:.1%} at 0.1 % FPR "
                      f"(a random guess: 1 % and 0.1 %).")
+    if "test_non_members_only" in result:
+        t = result["test_non_members_only"]
+        (pn, pm), (sn, sm) = strongest(t["membership"]), strongest(t["membership_slices"])
+        lines.append(f"- With the test patients alone as non-members ({pm['non_members']}; the validation patients chose the "
+                     f"checkpoint): strongest per patient {pn} AUC {pm['auc']['value']:.2f} [{pm['auc']['ci95'][0]:.2f}, "
+                     f"{pm['auc']['ci95'][1]:.2f}], per slice {sn} AUC {sm['auc']['value']:.2f}, TPR "
+                     f"{sm['tpr_at_1pct_fpr']['value']:.1%} at 1 % FPR.")
     if "reconstruction" in result:
         lines.append(_finding("Reconstruction (black-box, images drawn from the patients' own masks)",
                               result["reconstruction"]["membership"]))
@@ -445,7 +452,8 @@ def _membership_lines(title: str, table: dict, note: str) -> list[str]:
              "|---|---|---|---|---|---|"]
     for name, m in table.items():
         ci = lambda k: f"{m[k]['value']:.2f} [{m[k]['ci95'][0]:.2f}, {m[k]['ci95'][1]:.2f}]"  # noqa: E731
-        lines.append(f"| {name} | {ci('auc')} | {m['tpr_at_0.1pct_fpr']['value']:.3f} | {m['tpr_at_1pct_fpr']['value']:.3f} | "
+        low = m.get("tpr_at_0.1pct_fpr", {"value": float("nan")})  # audits written before 0.4.0 lack it
+        lines.append(f"| {name} | {ci('auc')} | {low['value']:.3f} | {m['tpr_at_1pct_fpr']['value']:.3f} | "
                      f"{m['tpr_at_10pct_fpr']['value']:.2f} | {ci('balanced_accuracy')} |")
     return lines
 
@@ -533,6 +541,14 @@ def run_audit(generator: Generator, real_datalist: str | Path, out_dir: str | Pa
               "non_members": len({e["patient"] for e in slices if e["role"] == "non_member"}),
               "slices_per_patient": per_patient, "membership": membership_table(scores, slices, seed),
               "membership_slices": membership_table(scores, slices, seed, "slice")}
+    test_only = [i for i, e in enumerate(slices) if e["section"] in ("training", "test")]
+    if len({slices[i]["patient"] for i in test_only if slices[i]["role"] == "non_member"}) >= 2:
+        # best_ema.pt is chosen on the validation patients' loss, which pulls them towards members: the same attacks
+        # with the test patients alone as non-members show whether that choice flatters the audit
+        kept = [slices[i] for i in test_only]
+        kept_scores = {name: [v[i] for i in test_only] for name, v in scores.items()}
+        result["test_non_members_only"] = {"membership": membership_table(kept_scores, kept, seed),
+                                           "membership_slices": membership_table(kept_scores, kept, seed, "slice")}
     if synthetic_datalist:
         syn = load_section(synthetic_datalist, synthetic_key)
         hold = [e for s in NON_MEMBER_SECTIONS for e in load_section(real_datalist, s) if e["patient"] not in excluded]

@@ -92,7 +92,8 @@ def replace_marked(path: str | Path, name: str, text: str, inline: bool = False)
 
 
 def untrained_generator(root: Path, seed: int, bundle: str = "ddpm_cmr") -> Path:
-    """A generator bundle root whose final checkpoint holds freshly initialised weights (the sanity generator)."""
+    """A generator bundle root whose checkpoints (final and best) hold freshly initialised weights (the sanity
+    generator)."""
     from monai.bundle import ConfigParser
     from monai.utils import set_determinism
 
@@ -101,8 +102,9 @@ def untrained_generator(root: Path, seed: int, bundle: str = "ddpm_cmr") -> Path
     cfg.read_config(str(REPO / "bundles" / bundle / "configs" / "common.yaml"))
     cfg.update({"device": "$torch.device('cpu')"})
     (root / "models").mkdir(parents=True, exist_ok=True)
-    torch.save({"ema": cfg.get_parsed_content("ema").state_dict(), "card": cfg.get_parsed_content("generator").card.state_dict()},
-               root / "models" / "checkpoint_final.pt")
+    state = {"ema": cfg.get_parsed_content("ema").state_dict(), "card": cfg.get_parsed_content("generator").card.state_dict()}
+    for name in ("checkpoint_final.pt", "best_ema.pt"):  # inference loads best_ema.pt by default
+        torch.save(state, root / "models" / name)
     return root
 
 

@@ -253,15 +253,16 @@ def paired_augmentation(image_key: str | None = "image", label_key: str = "label
         label_key: the label map (channel-first, integer labels; before one-hot encoding).
         prob: probability of each of the two transforms.
         rotate_degrees: largest rotation either way.
-        scale: largest relative zoom either way.
+        scale: largest relative zoom either way, drawn per axis.
         shift_pixels: largest translation either way (configs give 5 % of the image side).
         gamma: range of the contrast exponent (image only).
     """
     from monai.transforms import Compose, RandAdjustContrastd, RandAffined
 
     keys = [k for k in (image_key, label_key) if k]
-    affine = RandAffined(keys=keys, prob=prob, rotate_range=np.deg2rad(rotate_degrees), scale_range=scale,
-                         translate_range=shift_pixels,
+    # ranges per axis: MONAI pads a single value with no change along the other axis
+    affine = RandAffined(keys=keys, prob=prob, rotate_range=np.deg2rad(rotate_degrees), scale_range=(scale, scale),
+                         translate_range=(shift_pixels, shift_pixels),
                          mode=["bilinear" if k == image_key else "nearest" for k in keys],
                          padding_mode=["border" if k == image_key else "zeros" for k in keys])
     steps = [affine]

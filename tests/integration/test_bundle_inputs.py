@@ -77,7 +77,7 @@ CASES = {
         r"labels/\S+\.nii\.gz: label has shape \(32, 32\); expected \(48, 48\)"),
     "mask_generator inference: no trained checkpoint": (
         "mask_generator", ["common.yaml", "inference.yaml"], lambda p, t: {**TINY},
-        r"models/checkpoint_final\.pt: trained mask generator not found: run configs/train\.yaml first"),
+        r"models/best_ema\.pt: trained mask generator not found: run configs/train\.yaml first"),
     "seg_utility inference: a listed image is missing": (
         "seg_utility", ["common.yaml", "inference.yaml"],
         lambda p, t: {"datalist": _damaged(p, t, lambda d, c: (c / d["test"][0]["image"]).unlink() or d), "ckpt_path": str(t / "model.pt")},

@@ -249,7 +249,8 @@ def bundle_inputs(
 
     Args:
         datalists: each ``{"datalist": path, "sections": [...]}`` or ``{"datalist": path, "key": section}`` (the form of
-            seg_utility's ``sources``); with ``"optional": True`` a null datalist is skipped.
+            seg_utility's ``sources``); with ``"optional": True`` a null datalist is skipped; ``"keys"`` overrides
+            ``keys`` for that datalist (e.g. a mask set has labels only).
         outputs: folders the run writes (models/, eval/...): none may equal, lie inside or contain an input.
         image_size: the square slice size the bundle is configured for (None: not checked).
         keys: entry fields that must name files.
@@ -265,7 +266,7 @@ def bundle_inputs(
             if item.get("optional") and item.get("datalist") in (None, "", "None"):
                 continue
             sections = item.get("sections") or [item.get("key", "training")]
-            check_datalist(item.get("datalist"), sections, keys, (image_size, image_size) if image_size else None)
+            check_datalist(item.get("datalist"), sections, item.get("keys", keys), (image_size, image_size) if image_size else None)
             inputs.append(datalist_file(item["datalist"]).parent)
         for f in files:
             path, problem = (f["path"], f["problem"]) if isinstance(f, Mapping) else (f, "input file not found")

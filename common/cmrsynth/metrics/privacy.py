@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from cmrsynth.generative import BoundModel
+from cmrsynth.labels import NUM_CLASSES
 
 
 def _noise_like(z: torch.Tensor, g: torch.Generator) -> torch.Tensor:
@@ -207,6 +208,8 @@ def attack_metrics(member_scores: Mapping[str, float], non_member_scores: Mappin
         raise ValueError(f"need at least 2 member and 2 non-member scores, got {len(m)} and {len(n)}")
     gm = [groups[k] for k in member_scores] if groups else None
     gn = [groups[k] for k in non_member_scores] if groups else None
+    if groups and (len(set(gm)) < 2 or len(set(gn)) < 2):
+        raise ValueError(f"need at least 2 member and 2 non-member patients, got {len(set(gm))} and {len(set(gn))}")
     call_m, call_n = out_of_fold_calls(m, n, seed, gm, gn)  # fixed once: resampling must not refit thresholds
     balanced = lambda i, j: 0.5 * (call_m[i].mean() + (~call_n[j]).mean())  # noqa: E731
     stats = {"auc": lambda i, j: roc_auc(m[i], n[j])}
@@ -231,7 +234,7 @@ def slice_descriptors(masks: np.ndarray, images: np.ndarray | None = None) -> np
     structure in the mask and its boundary length, and (with images) intensity mean and spread, total variation and
     spectral energy in a low, mid and high band. (N, H, W) label maps and images -> (N, D) descriptors."""
     masks = np.asarray(masks)
-    parts = [np.stack([(masks == k).mean((1, 2)) for k in range(1, int(masks.max(initial=0)) + 2)], 1),
+    parts = [np.stack([(masks == k).mean((1, 2)) for k in range(1, NUM_CLASSES)], 1),
              ((np.diff(masks, axis=1) != 0).mean((1, 2)) + (np.diff(masks, axis=2) != 0).mean((1, 2)))[:, None]]
     if images is not None:
         x = torch.as_tensor(np.asarray(images, np.float32))
@@ -258,23 +261,26 @@ def calibrated_scores(scores: Sequence[float], descriptors: np.ndarray, referenc
     On reference examples (known non-members), the attack score's mean and spread are regressed on each example's
     ``descriptors`` (``slice_descriptors``; ridge for the mean, ridge on the log absolute residual for the spread);
     the calibrated score is (score - predicted mean) / predicted spread: how far a slice sits above what the model
-    does on unseen slices like it. Reference examples are calibrated by models fitted on the other ``folds`` of
-    reference patients (``groups``: the patient of each example), never on themselves; the others by the mean of
-    the fold models. Higher still means member.
+    does on unseen slices like it. Patients (``groups``: the patient of each example) are dealt into ``folds``, the
+    reference ones and the others separately; each fold is calibrated by the model fitted on the reference patients
+    of the other folds, so no example is calibrated on itself and members and non-members are calibrated alike.
+    Higher still means member.
     """
     s = np.asarray(scores, float)
     ref = np.asarray(reference, bool)
     d = np.asarray(descriptors, float)
     features = np.column_stack([np.ones(len(s)), (d - d.mean(0)) / (d.std(0) + 1e-12)])
     patients = np.array([str(g) for g in groups])
-    ref_patients = np.unique(patients[ref])
+    ref_patients, other_patients = np.unique(patients[ref]), np.unique(patients[~ref])
     if len(ref_patients) < 2:
         raise ValueError(f"difficulty calibration needs at least 2 reference patients, got {len(ref_patients)}")
-    fold_of = dict(zip(np.random.default_rng(seed).permutation(ref_patients), np.arange(len(ref_patients)) % folds))
-    fold = np.array([fold_of.get(p, -1) for p in patients])
+    rng = np.random.default_rng(seed)
+    folds = min(folds, len(ref_patients))
+    fold_of = {**dict(zip(rng.permutation(ref_patients), np.arange(len(ref_patients)) % folds)),
+               **dict(zip(rng.permutation(other_patients), np.arange(len(other_patients)) % folds))}
+    fold = np.array([fold_of[p] for p in patients])
     mean, spread = np.zeros(len(s)), np.zeros(len(s))
-    n_folds = int(fold.max()) + 1
-    for k in range(n_folds):
+    for k in range(folds):  # every patient, reference or not, is calibrated by one model fitted without its fold
         fit = ref & (fold != k)
         w = _ridge(features[fit], s[fit], penalty)
         residual = s[fit] - features[fit] @ w
@@ -282,8 +288,6 @@ def calibrated_scores(scores: Sequence[float], descriptors: np.ndarray, referenc
         sd = np.clip(np.exp(features @ v + 0.635), 0.2 * residual.std(), 5 * residual.std())  # E log|N(0, sd)| = log sd - 0.635
         apply = fold == k
         mean[apply], spread[apply] = (features @ w)[apply], sd[apply]
-        mean[~ref] += (features @ w)[~ref] / n_folds
-        spread[~ref] += sd[~ref] / n_folds
     return (s - mean) / np.maximum(spread, 1e-12)
 
 
