@@ -130,8 +130,10 @@ def evaluate_images(work: Path, seg_work: Path, key: str, recipe: Recipe, masks:
                     threads: int) -> dict:
     """Images of a recipe drawn (DDIM-50, its bundle's sampler) on the benchmark masks; a segmenter trained on them alone
     (seg_utility protocol, real test patients) and their fidelity scored by the real-only segmenter."""
-    if key == "old_default":  # the seg_utility benchmark's own images and segmenter: the same weights and protocol
-        images, seg_root = seg_work / "synthetic" / "images" / "datalist.json", seg_work / "seg_utility" / "synthetic"
+    reused = {"old_default": ("images", "synthetic"), "untrained": ("untrained", "synthetic-untrained")}
+    if key in reused:  # the seg_utility benchmark's own images and segmenter: the same weights, masks and protocol
+        images = seg_work / "synthetic" / reused[key][0] / "datalist.json"
+        seg_root = seg_work / "seg_utility" / reused[key][1]
     else:
         images = draw_images(work / recipe.root, masks, "synthetic", work / "synthetic12" / key, seed + 1, threads,
                              recipe.bundle, {"ckpt_path": str(work / recipe.root / "models" / recipe.checkpoint)})
