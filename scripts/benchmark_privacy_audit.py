@@ -59,10 +59,8 @@ RECIPES = {
     "untrained": Recipe("untrained ddpm_cmr (sanity: must not be caught)", "ddpm_cmr_untrained", "checkpoint_final.pt"),
     "overfit": Recipe("ddpm_cmr overfit on 5 patients (sanity: must be caught)", "ddpm_cmr_overfit5", "checkpoint_final.pt",
                       members="datalist_5patients.json", utility=False),
-    "mask_final": Recipe("mask_generator (final weights, the mask benchmark's masks)", "mask_generator_signed_distance",
-                         "checkpoint_final.pt", bundle="mask_generator", utility=False),
-    "mask_best": Recipe("mask_generator (validation-best EMA, the inference default)", "mask_generator_signed_distance",
-                        bundle="mask_generator", utility=False),
+    "mask_generator": Recipe("mask_generator (validation-best EMA, the inference default)", "mask_generator_signed_distance",
+                             bundle="mask_generator", utility=False),
 }
 
 
@@ -302,7 +300,7 @@ def main() -> None:
         if recipe.utility:
             row["images"] = evaluate_images(work, seg_work, key, recipe, masks, real, args.seed, args.threads)
         synthetic = (Path(row["images"]["images"]) if recipe.utility
-                     else masks if key == "mask_final" else None)
+                     else masks if key == "mask_generator" else None)  # the benchmark's masks (its final weights)
         row["audit"] = audit(work, recipe, key, data, synthetic, seg_work / "seg_utility" / "real", args.threads,
                              args.slices_per_patient)
         rows[key] = row
