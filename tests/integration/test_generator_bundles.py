@@ -228,7 +228,8 @@ def test_dp_fine_tuning_starts_from_public_weights_spends_its_budget_and_resumes
     run_bundle(IMAGES, overlays, root, dp)
     first = torch.load(root / "models" / "checkpoint_final.pt", weights_only=True)
     for k, v in pretrained.items():
-        torch.testing.assert_close(first["ema"][k], v)
+        if k != "n_averaged":  # the EMA's update count goes on from the pretrained one
+            torch.testing.assert_close(first["ema"][k], v)
     run_bundle(IMAGES, overlays, root, {**dp, "max_epochs": 2, "pretrained": str(tmp_path / "gone.pt")})  # resume: unused
     second = torch.load(root / "models" / "checkpoint_final.pt", weights_only=True)
     spent = [budget_spent(state["dp"], 1.0 / (2 * n)) for state in (first, second)]
