@@ -215,7 +215,7 @@ def results_markdown(result: dict) -> str:
               "The strongest attack is picked after the fact among 8 uncalibrated (and 8 calibrated) attacks, so its AUC is "
               "optimistic for the attacker. Per slice, 1 % FPR of the non-member slices allows one or two false positives "
               "and 0.1 % none.", "### Utility and fidelity of the images", utility_table(rows)]
-    if "aims" in result:
+    if result.get("aims"):
         parts += ["### Aims", "\n".join(f"- {k}: {v}" for k, v in result["aims"].items())]
     for row in rows.values():
         body = report_markdown(row["audit"]).split("\n", 1)[1].replace("\n## ", "\n#### ")
