@@ -15,8 +15,9 @@ release gate) beside the utility (seg_utility synthetic-only Dice, 700 steps) an
 same mask_generator masks. Rows: ddpm_cmr's old default (no augmentation, final weights), the new default
 (augmentation, validation-best EMA), DP-SGD from scratch and after public phantom pre-training (eps 10, delta 1e-5,
 the same 20 passes), untrained (sanity: must not be caught), overfit on 5 patients (sanity: must be caught), and the
-mask_generator audited on real masks. Generators are trained by runs/bench/queue12_*.sh (fixed step counts; a rerun
-only audits); the old default and the segmenter protocol come from the ddpm_cmr and seg_utility benchmarks.
+mask_generator audited on real masks. Generators are trained by scripts/train_privacy_benchmark_generators.sh
+(fixed step counts; a rerun only audits); the old default and the segmenter protocol come from the ddpm_cmr and
+seg_utility benchmarks.
 
     python scripts/benchmark_privacy_audit.py --work runs/bench --seg-work runs/bench_seg13
 """
@@ -287,10 +288,10 @@ def main() -> None:
         recipe = RECIPES[key]
         root = work / recipe.root
         if not (root / "models" / "checkpoint_final.pt").is_file():  # written when training ends
-            print(f"{key}: {root} not trained yet (runs/bench/queue12_*.sh); skipped")
+            print(f"{key}: {root} not trained yet (scripts/train_privacy_benchmark_generators.sh); skipped")
             continue
         row = {"label": recipe.label, "root": recipe.root, "checkpoint": recipe.checkpoint}
-        queue_log = work / f"{recipe.root}.train.log"  # where runs/bench/queue12_*.sh log
+        queue_log = work / f"{recipe.root}.train.log"  # where scripts/train_privacy_benchmark_generators.sh logs
         if queue_log.is_file() and not (root / "train.log").is_file():
             shutil.copy(queue_log, root / "train.log")
         if (root / "train.log").is_file():

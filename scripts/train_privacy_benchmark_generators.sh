@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The generators scripts/benchmark_privacy_audit.py audits, trained at fixed step counts (what the 2026-11-30 benchmark
+# ran, there split over two one-thread queues):
+#   bash scripts/train_privacy_benchmark_generators.sh runs/bench
+# new default: ddpm_cmr's train.yaml, 33 epochs x 200 = 6,600 steps (the old default ran 6,582);
+# public pre-training: 100 procedural phantom patients, 2,000 steps; DP-SGD fine-tuning from it on the 50 members,
+# 20 passes at (10, 1e-5); overfit sanity: 5 patients, no augmentation, 1,000 steps.
+# Rerunning resumes each run from its last checkpoint. Needs <work>/acdc64 (scripts/benchmark_ddpm_cmr.py prepares it).
+set -euo pipefail
+REPO=$(cd "$(dirname "$0")/.." && pwd); W=$(realpath "${1:-runs/bench}")
+cd "$REPO"
+DDPM="['bundles/ddpm_cmr/configs/common.yaml','bundles/ddpm_cmr/configs/train.yaml']"
+DPP="['bundles/ddpm_cmr/configs/common.yaml','bundles/ddpm_cmr/configs/train.yaml','bundles/ddpm_cmr/configs/dp_train.yaml','bundles/ddpm_cmr/configs/dp_pretrained.yaml']"
+run() { local root=$1; shift; OMP_NUM_THREADS=1 python -m monai.bundle run --bundle_root "$root" "$@" --seed 0 --progress_bar False >> "$root.train.log" 2>&1; }
+run "$W/ddpm_cmr_private" --config_file "$DDPM" --dataset_dir "$W/acdc64" --max_epochs 33
+python - "$W" <<'PY'
+import sys
+from pathlib import Path
+from cmrsynth.data.acdc import read_acdc
+from cmrsynth.data.phantom import write_phantom_cohort
+from cmrsynth.data.prepare import PrepareConfig, prepare_cohort
+w = Path(sys.argv[1])
+if not (w / "phantom64" / "datalist.json").is_file():
+    write_phantom_cohort(w / "phantom_cohort", n_per_group=20, seed=1, overwrite=True)
+    prepare_cohort(read_acdc(w / "phantom_cohort"), w / "phantom64", PrepareConfig(size=64, seed=0))
+PY
+run "$W/ddpm_cmr_public" --config_file "$DDPM" --dataset_dir "$W/phantom64" --max_epochs 10
+run "$W/ddpm_cmr_dp_pretrained" --config_file "$DPP" --dataset_dir "$W/acdc64" --max_epochs 100000 \
+  --pretrained "$W/ddpm_cmr_public/models/best_ema.pt"
+PYTHONPATH="$REPO/scripts" python -c "from pathlib import Path; from benchmark_privacy_audit import few_patient_datalist; few_patient_datalist(Path('$W/acdc64'), 5)"
+run "$W/ddpm_cmr_overfit5" --config_file "$DDPM" --dataset_dir "$W/acdc64" --datalist "$W/acdc64/datalist_5patients.json" \
+  --max_epochs 5 --augment False
