@@ -32,6 +32,7 @@ from pathlib import Path
 
 from cmrsynth.benchmark import (REPO, SEG_UTILITY, dice_cells, draw_images, machine, parser, prepared_acdc, replace_marked,
                                 score_fidelity, train_segmenter, training_facts, untrained_generator, write_benchmark)
+from cmrsynth.audit import strongest
 from cmrsynth.bundle_run import run_bundle
 
 BUNDLE = REPO / "bundles" / "privacy_audit"
@@ -147,9 +148,9 @@ def interval(m: dict, key: str = "auc", digits: int = 2) -> str:
     return f"{m[key]['value']:.{digits}f} [{m[key]['ci95'][0]:.{digits}f}, {m[key]['ci95'][1]:.{digits}f}]"
 
 
-def strongest(table: dict, calibrated: bool) -> tuple[str, dict]:
-    """The strongest (highest AUC) attack among the calibrated (``_cal``) or uncalibrated ones of a table."""
-    return max(((n, m) for n, m in table.items() if n.endswith("_cal") == calibrated), key=lambda kv: kv[1]["auc"]["value"])
+def strongest_of_kind(table: dict, calibrated: bool) -> tuple[str, dict]:
+    """``audit.strongest`` among the calibrated (``_cal``) or the uncalibrated attacks of a table."""
+    return strongest({n: m for n, m in table.items() if n.endswith("_cal") == calibrated})
 
 
 def privacy_table(rows: dict) -> str:
@@ -164,13 +165,13 @@ def privacy_table(rows: dict) -> str:
         cells = []
         for table, slices in (("membership", False), ("membership_slices", True)):
             for calibrated in (False, True):
-                name, m = strongest(a[table], calibrated)
+                name, m = strongest_of_kind(a[table], calibrated)
                 tpr = (f"{m['tpr_at_1pct_fpr']['value']:.3f} / {m['tpr_at_0.1pct_fpr']['value']:.3f}" if slices
                        else f"{m['tpr_at_1pct_fpr']['value']:.2f}")
                 cells.append(f"{name}: {interval(m)}, {tpr}")
         test = a.get("test_non_members_only", {}).get("membership_slices")
         if test:
-            name, m = max(test.items(), key=lambda kv: kv[1]["auc"]["value"])
+            name, m = strongest(test)
             cells.append(f"{name}: {interval(m)}, {m['tpr_at_1pct_fpr']['value']:.3f}")
         else:
             cells.append("-")
@@ -237,7 +238,7 @@ def aims(rows: dict) -> dict:
     if new:
         tables = [new["audit"]["membership_slices"], new["audit"].get("test_non_members_only", {}).get("membership_slices", {})]
         slices = {f"{n} (test non-members)" if i else n: m for i, t in enumerate(tables) for n, m in t.items()}
-        name, best = max(slices.items(), key=lambda kv: kv[1]["auc"]["value"])
+        name, best = strongest(slices)
         tpr = max(m["tpr_at_1pct_fpr"]["value"] for m in slices.values())
         rec = new["audit"]["reconstruction"]["membership"]["neg_rms"]["auc"]["value"]
         met = best["auc"]["value"] <= 0.60 and tpr <= 0.05 and rec <= 0.60

@@ -136,15 +136,15 @@ def membership_table(scores: dict, slices: Sequence[dict], seed: int = 0, level:
     and cross-fitting still by patient)."""
     roles = [e["role"] for e in slices]
     patients = [e["patient"] for e in slices]
+    role_of = dict(zip(patients, roles))
+    keys = [f"{p}#{i}" for i, p in enumerate(patients)]  # slice level: one key per slice, grouped by patient
     table = {}
     for name, values in scores.items():
         if level == "patient":
             pp = privacy.per_patient(values, patients)
-            role_of = dict(zip(patients, roles))
             split = {r: {p: v for p, v in pp.items() if role_of[p] == r} for r in ("member", "non_member")}
             table[name] = privacy.attack_metrics(split["member"], split["non_member"], seed=seed)
         else:
-            keys = [f"{p}#{i}" for i, p in enumerate(patients)]
             split = {r: {k: v for k, v, rr in zip(keys, values, roles) if rr == r} for r in ("member", "non_member")}
             table[name] = privacy.attack_metrics(split["member"], split["non_member"], seed=seed, groups=dict(zip(keys, patients)))
     return table
@@ -306,24 +306,31 @@ def drawn_from_member_masks(synthetic_datalist: Path, entries: Sequence[dict]) -
     return np.array(flags, bool)
 
 
-def mask_copies(synthetic: Sequence[dict], train: Sequence[dict], holdout: Sequence[dict], quantile: float):
-    """Dice of each synthetic mask to its nearest training mask, and the (1 - quantile) quantile of the same for
-    held-out masks; synthetic entries without a mask get Dice 0 (never removed on this ground)."""
+def _nearest_mask_dice(synthetic: Sequence[dict], train: Sequence[dict], holdout: Sequence[dict]):
+    """Dice of each synthetic mask and of each held-out mask to its nearest training mask; synthetic entries without
+    a mask get Dice 0 (never removed on this ground)."""
     stack = lambda es: np.stack([e["mask"] for e in es])  # noqa: E731
     hold = privacy.mask_dice_nearest(stack(holdout), stack(train))
     dice = np.zeros(len(synthetic))
     with_mask = [i for i, e in enumerate(synthetic) if "mask" in e]
     if with_mask:
         dice[with_mask] = privacy.mask_dice_nearest(stack([synthetic[i] for i in with_mask]), stack(train))
+    return dice, hold
+
+
+def mask_copies(synthetic: Sequence[dict], train: Sequence[dict], holdout: Sequence[dict], quantile: float):
+    """Dice of each synthetic mask to its nearest training mask, and the (1 - quantile) quantile of the same for
+    held-out masks; synthetic entries without a mask get Dice 0 (never removed on this ground)."""
+    dice, hold = _nearest_mask_dice(synthetic, train, holdout)
     return dice, float(np.quantile(hold, 1.0 - quantile))
 
 
 def mask_leakage(synthetic: Sequence[dict], train: Sequence[dict], holdout: Sequence[dict], quantile: float = 0.01) -> dict:
     """A synthetic mask set against the training masks: Dice of each to its nearest training mask beside the same
     for held-out masks, and the near copies the release gate drops (Dice above the held-out 1 - ``quantile``
-    quantile, ``mask_copies``)."""
-    dice, threshold = mask_copies(synthetic, train, holdout, quantile)
-    hold = privacy.mask_dice_nearest(np.stack([e["mask"] for e in holdout]), np.stack([e["mask"] for e in train]))
+    quantile, as ``mask_copies``)."""
+    dice, hold = _nearest_mask_dice(synthetic, train, holdout)
+    threshold = float(np.quantile(hold, 1.0 - quantile))
     return {"synthetic": len(dice), "median": float(np.median(dice)), "holdout_median": float(np.median(hold)),
             "exact_copies": int((dice >= 0.999).sum()), "threshold": threshold, "threshold_quantile": quantile,
             "near_copies": int((dice > threshold).sum()), "near_copy_rate": float((dice > threshold).mean())}
