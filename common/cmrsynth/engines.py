@@ -301,10 +301,9 @@ def start_from(pretrained: str | Path | None, ckpt_dir: str | Path, network: tor
     if pretrained is None or latest_checkpoint(ckpt_dir) is not None:
         return None
     state = load_checkpoint(pretrained)
-    if "ema" not in state:
-        raise CMRDataError(pretrained, "holds no 'ema' entry: pass a generator checkpoint (checkpoint_final.pt or best_ema.pt)")
     if card is not None and "card" in state:
         card.check(state["card"], Path(pretrained))
-    load_module_weights(ema, state["ema"], pretrained, "the EMA of the network")
+    # a best_ema.pt written before cards holds the EMA's weights alone
+    load_module_weights(ema, state.get("ema", state), pretrained, "the EMA of the network")
     load_module_weights(network, ema.module.state_dict(), pretrained, "the network")
     return str(pretrained)

@@ -82,11 +82,26 @@ def atomic_directory(target: str | Path, overwrite: bool = False, inputs: Sequen
         tmp.rename(target)
 
 
-def write_json_atomic(path: str | Path, obj) -> None:
-    """Write JSON to ``path`` through a temporary file and an atomic rename."""
+def _write_atomic(path: str | Path, write, mode: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, mode) as f:
+            write(f)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_json_atomic(path: str | Path, obj) -> None:
+    """Write JSON to ``path`` through a temporary file and an atomic rename."""
+    _write_atomic(path, lambda f: json.dump(obj, f, indent=2), "w")
+
+
+def save_torch_atomic(obj, path: str | Path) -> None:
+    """``torch.save`` to ``path`` through a temporary file and an atomic rename (a crash leaves no torn file)."""
+    import torch
+
+    _write_atomic(path, lambda f: torch.save(obj, f), "wb")

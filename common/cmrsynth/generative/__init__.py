@@ -23,16 +23,19 @@ from cmrsynth.generative.autoencoder import (DiscriminatorAdversarialLoss, Gener
                                              RecordTotalLoss)
 from cmrsynth.generative.codecs import AutoencoderCodec, IdentityCodec, KLAutoencoder, SignedDistanceCodec
 from cmrsynth.generative.conditioning import ClassIndex, ConditionalDenoiser, MaskMode, guided
+from cmrsynth.generative.distill import CoupledPrepareBatch, TeacherPairs, teacher_pairs
 from cmrsynth.generative.generator import BoundModel, Generator, GeneratorCard
 from cmrsynth.generative.objectives import (Coupling, DiffusionObjective, FlowMatchingObjective, Objective,
                                             PredictionType)
 from cmrsynth.generative.samplers import SAMPLERS, get_sampler
 from cmrsynth.generative.training import ObjectivePrepareBatch, plain_tensor
 
-__all__ = ["AutoencoderCodec", "BoundModel", "ClassIndex", "ConditionalDenoiser", "Coupling", "DiffusionObjective",
+__all__ = ["AutoencoderCodec", "BoundModel", "ClassIndex", "ConditionalDenoiser", "CoupledPrepareBatch", "Coupling",
+           "DiffusionObjective",
            "DiscriminatorAdversarialLoss", "FlowMatchingObjective", "Generator", "GeneratorAdversarialLoss", "GeneratorCard",
            "IdentityCodec", "KLAutoencoder", "MaskMode", "Objective", "ObjectivePrepareBatch", "PredictionType",
-           "ReconstructionKLLoss", "RecordTotalLoss", "SAMPLERS", "SignedDistanceCodec", "get_sampler", "guided", "load_generator", "plain_tensor"]
+           "ReconstructionKLLoss", "RecordTotalLoss", "SAMPLERS", "SignedDistanceCodec", "TeacherPairs", "get_sampler", "guided", "load_generator", "plain_tensor",
+           "teacher_pairs"]
 
 
 def load_generator(bundle: str | Path, run_root: str | Path, device="cpu", overrides: dict | None = None,

@@ -181,6 +181,18 @@ class Generator:
         Returns:
             (samples (B, data_channels, H, W), network evaluations per sample).
         """
+        noise, z, nfe = self.sample_latent(n, mask, class_labels, sampler, num_inference_steps, guidance_scale, generator,
+                                           callback, **options)
+        return self.codec.decode(z), nfe
+
+    @torch.no_grad()
+    def sample_latent(self, n: int | None = None, mask: torch.Tensor | None = None, class_labels: torch.Tensor | None = None,
+                      sampler: str | None = None, num_inference_steps: int | None = None, guidance_scale: float | None = None,
+                      generator: torch.Generator | None = None, callback: Callable | None = None,
+                      **options) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """``sample`` before decoding: (starting noise, sample in the objective's space, network evaluations per
+        sample). With a deterministic sampler the pair is the teacher coupling a reflow student learns
+        (``generative.distill``). Arguments as ``sample``."""
         sampler, steps, w = self.settings(sampler, num_inference_steps, guidance_scale).values()
         self.check_sampler(sampler)
         batch = mask.shape[0] if mask is not None else n
@@ -190,7 +202,7 @@ class Generator:
         noise = torch.randn((batch, *self.codec.latent_shape((self.data_channels, *size))), generator=generator).to(device)
         model = self.bind(mask, class_labels, w)
         z = get_sampler(sampler)(model, noise, times, callback=callback, generator=generator, **options)
-        return self.codec.decode(z), model.nfe
+        return noise, z, model.nfe
 
     def loss_at(self, x0: torch.Tensor, level: float, mask=None, class_labels=None, noise=None,
                 generator: torch.Generator | None = None) -> torch.Tensor:

@@ -92,6 +92,10 @@ class ObjectivePrepareBatch(PrepareBatch):
         """The objective's training times, one per sample."""
         return self.objective.sample_times(x0.shape[0], self.generator).to(x0.device)
 
+    def couple(self, noise: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+        """Pair the batch's noise with its data as the objective says (e.g. an exact-OT plan)."""
+        return self.objective.couple(noise, x0)
+
     def _keep(self, n: int, device) -> torch.Tensor:
         return (torch.rand(n, generator=self.generator) >= self.condition_dropout).to(device)
 
@@ -100,7 +104,7 @@ class ObjectivePrepareBatch(PrepareBatch):
         with torch.no_grad():
             x0 = self.codec.encode(plain_tensor(batchdata[self.image_key], device, non_blocking))
         noise, t = self.get_noise(x0), self.get_timesteps(x0)
-        x_t, target = self.objective.training_pair(x0, self.objective.couple(noise, x0), t, self.generator)
+        x_t, target = self.objective.training_pair(x0, self.couple(noise, x0), t, self.generator)
         conditions: dict[str, torch.Tensor] = {"timesteps": self.objective.network_time(t)}
         keep = self._keep(x0.shape[0], x0.device) if self.condition_dropout > 0 else None
         if self.mask_key is not None:
