@@ -168,6 +168,9 @@ def test_start_from_loads_pretrained_ema_weights_unless_the_run_resumes(tmp_path
     fresh, fresh_ema = _net_and_ema(2)
     assert start_from(tmp_path / "best_ema.pt", run, fresh, fresh_ema) is None
     assert not torch.equal(fresh.weight, net.weight)
-    torch.save({"network": public.state_dict()}, tmp_path / "bare.pt")
-    with pytest.raises(CMRDataError, match="bare.pt.*no 'ema' entry"):
-        start_from(tmp_path / "bare.pt", tmp_path / "other", fresh, fresh_ema)
+    torch.save(public_ema.state_dict(), tmp_path / "bare.pt")  # a best_ema.pt written before cards: the EMA alone
+    assert start_from(tmp_path / "bare.pt", tmp_path / "other", fresh, fresh_ema) == str(tmp_path / "bare.pt")
+    assert torch.equal(fresh.weight, torch.full_like(fresh.weight, 0.5))
+    torch.save({"network": public.state_dict()}, tmp_path / "training.pt")  # neither an EMA nor its weights
+    with pytest.raises(CMRDataError, match="training.pt: weights do not fit the EMA"):
+        start_from(tmp_path / "training.pt", tmp_path / "third", *_net_and_ema(3))

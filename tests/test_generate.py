@@ -17,8 +17,11 @@ import numpy as np
 import pytest
 
 from cmrsynth.errors import CMRDataError
-from cmrsynth.generate import generate_images, generate_masks
-from tests.generative.helpers import OBJECTIVES, ddpm_objective, tiny_generator
+from cmrsynth.generate import generate_images, generate_masks, sample_pairs
+from cmrsynth.generative import ClassIndex, Generator
+from cmrsynth.masks import plausibility
+from tests.conftest import heart_mask
+from tests.generative.helpers import OBJECTIVES, TargetOracle, ddpm_objective, tiny_generator
 
 
 def _mask_generator(groups=()):
@@ -129,3 +132,41 @@ def test_reconstructions_are_scored_and_an_identity_codec_is_perfect(tmp_path):
     assert len(d["training"]) == 3 and "do not share" in d["description"] and (tmp_path / "ae" / "reconstructions.png").is_file()
     lab = np.asanyarray(nib.load(tmp_path / "ae" / d["training"][0]["label"]).dataobj)
     assert (lab == np.asanyarray(nib.load(root / "labels" / "p0.nii.gz").dataobj)).all()  # scored against the true mask
+
+
+def _oracle_mask_generator(mask: np.ndarray, groups=("NOR", "HCM")) -> Generator:
+    """A mask generator whose network knows one mask (one-hot in [-1, 1]): DDIM lands on it at any step count."""
+    import torch
+
+    objective = ddpm_objective()
+    target = torch.nn.functional.one_hot(torch.from_numpy(mask).long(), 4).permute(2, 0, 1).float()[None] * 2 - 1
+    return Generator(TargetOracle(objective, lambda x, t: target.expand_as(x)), objective, classes=ClassIndex(list(groups)),
+                     data_channels=4, image_size=mask.shape[0])
+
+
+def test_sample_pairs_writes_the_chain_and_reports_its_speed(tmp_path):
+    mask = heart_mask(16, lv=3, wall=2, rv_gap=1, rv_radius=2)
+    assert plausibility(mask)["plausible"]
+    images = tiny_generator(ddpm_objective(), groups=["NOR", "HCM"])
+    summary = sample_pairs(_oracle_mask_generator(mask), images, tmp_path / "pairs", num_pairs=5, batch_size=4,
+                           network_batch=3, mask_steps=2, image_steps=1, spacing=2.5)
+    d = json.loads((tmp_path / "pairs" / "datalist.json").read_text())
+    assert summary["pairs"] == len(d["training"]) == 5 and summary["masks_drawn"] == 8
+    assert summary["mask_plausibility_rate"] == 1.0 and summary["pairs_per_second"] > 0
+    assert summary["mask"]["nfe"] == 2 and summary["image"]["nfe"] == 1
+    assert set(summary["seconds_by_part"]) == {"mask_network", "mask_cleaning", "image_network", "writing"}
+    assert [e["group"] for e in d["training"]] == ["NOR", "NOR", "HCM", "HCM", "NOR"]  # every class in turn
+    e = d["training"][0]
+    assert e["synthetic_id"] == "syn00000" and "patient" not in e
+    np.testing.assert_array_equal(np.asanyarray(nib.load(tmp_path / "pairs" / e["label"]).dataobj), mask)
+    image = nib.load(tmp_path / "pairs" / e["image"])
+    assert image.shape == (16, 16) and image.header.get_zooms()[:2] == (2.5, 2.5)
+    assert not (tmp_path / "pairs" / "provenance.json").exists() and (tmp_path / "pairs" / "samples.png").is_file()
+
+
+def test_sample_pairs_stops_with_one_line_when_masks_are_not_plausible(tmp_path):
+    empty = np.zeros((16, 16), np.uint8)
+    with pytest.raises(CMRDataError, match="only 0 plausible masks in 8 draws"):
+        sample_pairs(_oracle_mask_generator(empty), tiny_generator(ddpm_objective()), tmp_path / "pairs", num_pairs=4,
+                     batch_size=4, max_draws=8, mask_steps=1, image_steps=1)
+    assert not (tmp_path / "pairs").exists()  # nothing half-written

@@ -215,6 +215,129 @@ def generate_images(
     return summary
 
 
+class _Stopwatch:
+    """Seconds spent per named part of a job: ``with watch("part"): ...``."""
+
+    def __init__(self):
+        self.seconds: Counter = Counter()
+        self._part = None
+
+    def __call__(self, part: str):
+        self._part = part
+        return self
+
+    def __enter__(self):
+        self._start, self._current = time.perf_counter(), self._part
+
+    def __exit__(self, *exc):
+        self.seconds[self._current] += time.perf_counter() - self._start
+
+
+def _sample_in_chunks(model: Generator, chunk: int, n: int, mask=None, class_labels=None, **options) -> tuple[torch.Tensor, int]:
+    """``model.sample`` of n samples, ``chunk`` at a time (small batches run faster per sample on a CPU)."""
+    pick = lambda x, sl: None if x is None else x[sl]  # noqa: E731
+    drawn = [model.sample(sl.stop - sl.start, mask=pick(mask, sl), class_labels=pick(class_labels, sl), **options)
+             for sl in _batches(n, chunk)]
+    return torch.cat([x for x, _ in drawn]), drawn[-1][1]
+
+
+def _one_hot(masks: list[np.ndarray], device) -> torch.Tensor:
+    return F.one_hot(torch.from_numpy(np.stack(masks)).long(), NUM_CLASSES).permute(0, 3, 1, 2).float().to(device)
+
+
+@torch.no_grad()
+def sample_pairs(
+    mask_generator: Generator,
+    image_generator: Generator,
+    out_dir: str | Path,
+    num_pairs: int = 1000,
+    batch_size: int = 64,
+    network_batch: int = 16,
+    mask_sampler: str | None = None,
+    mask_steps: int | None = None,
+    image_sampler: str | None = None,
+    image_steps: int | None = None,
+    spacing: float = 2.5,
+    max_draws: int | None = None,
+    keep_implausible: bool = False,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    overwrite: bool = False,
+) -> dict:
+    """The whole chain at speed: ``num_pairs`` (mask, image) pairs, drawn in batches.
+
+    Masks cycle through the mask generator's classes; each is cleaned (``postprocess_mask``) and an implausible one
+    is replaced by a new draw; the image generator then draws an image on each plausible mask (with its group and
+    phase where it is class-conditional). Writes image + label NIfTI pairs, a datalist (key ``training``, as
+    ``generate_images``) and ``samples.png``; nothing identifying, no provenance (no real mask is involved).
+
+    Args:
+        batch_size: masks drawn, cleaned and written per round.
+        network_batch: samples per network call within a round (on a 2-core CPU, 16 ran 1.5x faster per sample
+            than 64: the activations stay in cache).
+        mask_sampler, mask_steps, image_sampler, image_steps: override each generator's own sampler and steps.
+        max_draws: masks drawn at most before giving up (default 3 x num_pairs): a generator whose masks are rarely
+            plausible fails with one clear line instead of sampling forever.
+        keep_implausible: keep every mask (each entry records whether it was plausible).
+
+    Returns:
+        summary: pairs, pairs per second (the whole call: sampling, cleaning, writing), seconds per part (mask
+        network, mask cleaning, image network, writing), plausibility of the drawn masks, each stage's settings and NFE.
+    """
+    if num_pairs < 1:
+        raise ValueError(f"num_pairs must be >= 1, got {num_pairs}")
+    max_draws = max_draws or 3 * num_pairs
+    mask_generator, image_generator = mask_generator.to(device).eval(), image_generator.to(device).eval()
+    image_generator.check_sampler(image_sampler or image_generator.sampler)
+    cells, rng, watch = mask_generator.classes.plan(1), torch.Generator().manual_seed(seed), _Stopwatch()
+    entries, shown, nfe, drawn, plausible = [], [], {}, 0, 0
+    t0 = time.perf_counter()
+    with atomic_directory(out_dir, overwrite=overwrite) as tmp:
+        while len(entries) < num_pairs:
+            if drawn >= max_draws:
+                raise CMRDataError(Path(out_dir), f"only {len(entries)} plausible masks in {drawn} draws; the mask generator "
+                                                  "is not trained well enough for sample_pairs (raise max_draws to insist)")
+            chunk = [cells[(drawn + i) % len(cells)] for i in range(batch_size)]
+            drawn += len(chunk)
+            with watch("mask_network"):
+                labels = torch.tensor([c["class"] for c in chunk], device=device) if mask_generator.classes.groups else None
+                x, nfe["mask"] = _sample_in_chunks(mask_generator, network_batch, len(chunk), class_labels=labels,
+                                                   sampler=mask_sampler, num_inference_steps=mask_steps, generator=rng)
+            with watch("mask_cleaning"):
+                cleaned = [postprocess_mask(m) for m in x.argmax(1).to(torch.uint8).cpu().numpy()]
+                ok = [plausibility(m)["plausible"] for m in cleaned]
+                plausible += sum(ok)
+                keep = [i for i in range(len(cleaned)) if ok[i] or keep_implausible][: num_pairs - len(entries)]
+            if not keep:
+                continue
+            conditions, masks, verdicts = [chunk[i] for i in keep], [cleaned[i] for i in keep], [ok[i] for i in keep]
+            with watch("image_network"):
+                images, nfe["image"] = _sample_in_chunks(image_generator, network_batch, len(masks), mask=_one_hot(masks, device),
+                                                         class_labels=image_generator.classes.labels(conditions, device),
+                                                         sampler=image_sampler, num_inference_steps=image_steps, generator=rng)
+                images = images[:, 0].clamp(-1, 1).cpu().numpy()
+            with watch("writing"):
+                for condition, image, mask, plausible_mask in zip(conditions, images, masks, verdicts):
+                    sid = f"syn{len(entries):05d}"
+                    entry = _write_pair(tmp, sid, image, mask, {**condition, "spacing": (spacing, spacing, 1.0)})
+                    entries.append({**entry, "synthetic_id": sid, "plausible": plausible_mask,
+                                    **({"position": condition["position"]} if condition["position"] else {})})
+                    if len(shown) < 12:
+                        shown.append((image, mask))
+        seconds = time.perf_counter() - t0
+        summary = {
+            "pairs": len(entries), "batch_size": batch_size, "network_batch": network_batch, "pairs_per_second": len(entries) / seconds, "seconds": seconds,
+            "seconds_by_part": dict(watch.seconds), "masks_drawn": drawn, "mask_plausibility_rate": plausible / drawn,
+            "mask": {**mask_generator.settings(mask_sampler, mask_steps), "nfe": nfe.get("mask", 0)},
+            "image": {**image_generator.settings(image_sampler, image_steps), "nfe": nfe.get("image", 0)},
+        }
+        write_json_atomic(tmp / "datalist.json", {"description": "cmr-synth synthetic (mask, image) pairs", "labels": CHANNEL_DEF,
+                                                 "training": entries, "summary": summary})
+        save_overlay_grid([i for i, _ in shown] * 2, [None] * len(shown) + [m for _, m in shown], tmp / "samples.png",
+                          ncols=len(shown))
+    return summary
+
+
 @torch.no_grad()
 def reconstruct_images(codec, datalist: str | Path, out_dir: str | Path, key: str = "validation", batch_size: int = 32,
                        device: str | torch.device = "cpu", overwrite: bool = False) -> dict:

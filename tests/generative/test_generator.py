@@ -15,7 +15,7 @@ import torch
 
 from cmrsynth.errors import CMRDataError
 from cmrsynth.generative import FlowMatchingObjective
-from tests.generative.helpers import OBJECTIVES, tiny_generator
+from tests.generative.helpers import OBJECTIVES, ddpm_objective, tiny_generator
 
 
 def _inputs(n=2):
@@ -64,3 +64,12 @@ def test_card_refuses_a_resume_by_another_objective():
     ddpm, fm = tiny_generator(OBJECTIVES["ddpm"]()), tiny_generator(FlowMatchingObjective())
     with pytest.raises(CMRDataError, match="another generator"):
         fm.card.load_state_dict(ddpm.card.state_dict())
+
+
+def test_flops_per_sample_count_every_evaluation_and_both_guided_passes():
+    generator = tiny_generator(ddpm_objective(), groups=["NOR"])
+    one, two = generator.flops_per_sample(1), generator.flops_per_sample(2)
+    assert one > 0 and two == 2 * one  # an identity codec decodes for free
+    assert generator.flops_per_sample(1, guidance_scale=2.0) == 2 * one
+    generator.image_size *= 2  # convolutions cost in proportion to the pixels (the time embedding does not)
+    assert 3.5 * one < generator.flops_per_sample(1) < 4.5 * one

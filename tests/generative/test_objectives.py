@@ -81,6 +81,18 @@ def test_time_grids_and_levels():
     torch.testing.assert_close(FlowMatchingObjective().time_grid(4), torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0]))
 
 
+def test_trailing_spacing_spends_every_step_on_noise():
+    """Lin et al. 2024: with trailing spacing two steps evaluate at 999 and 499, not at 999 and the clean end."""
+    trailing = DiffusionObjective(DDPMScheduler(1000), "v_prediction", timestep_spacing="trailing")
+    assert trailing.time_grid(2).tolist() == [999, 499, -1]
+    assert ddpm_objective().time_grid(2).tolist() == [999, 0, -1]
+    assert trailing.time_grid(1).tolist() == ddpm_objective().time_grid(1).tolist() == [999, -1]
+    assert trailing.time_grid(50)[:2].tolist() == [999, 979] and trailing.time_grid(50)[-2] == 19
+    assert trailing.time_grid(None)[:-1].tolist() == list(range(999, -1, -1))
+    with pytest.raises(ValueError, match=r"unknown timestep_spacing 'leading'; allowed: \['linspace', 'trailing'\]"):
+        DiffusionObjective(DDPMScheduler(1000), timestep_spacing="leading")
+
+
 def test_objective_errors_name_the_value_and_the_choices():
     with pytest.raises(ValueError, match=r"unknown prediction_type 'x0'; allowed: \['epsilon', 'sample', 'v_prediction'\]"):
         DiffusionObjective(DDPMScheduler(1000), "x0")

@@ -234,3 +234,62 @@ def test_dp_fine_tuning_starts_from_public_weights_spends_its_budget_and_resumes
     second = torch.load(root / "models" / "checkpoint_final.pt", weights_only=True)
     spent = [budget_spent(state["dp"], 1.0 / (2 * n)) for state in (first, second)]
     assert spent[1]["steps"] > spent[0]["steps"] and 0 < spent[0]["epsilon"] < spent[1]["epsilon"] <= 8.0
+
+
+DISTILL = ["common.yaml", "train.yaml", "distill.yaml"]
+
+
+def _student(bundle, teacher, root, prepared, **kw):
+    run_bundle(bundle, DISTILL, root, _tiny(**{"dataset_dir": str(prepared), "teacher": str(teacher / "models" / "best_ema.pt"),
+                                              "num_pairs": 12, "pair_steps": 3, "max_epochs": 1, **kw}))
+    return root
+
+
+def test_reflow_students_draw_the_chain_in_one_step_each(prepared, tmp_path):
+    """distill.yaml on a mask and an image teacher, then sample_pairs.yaml on the two students at one step each."""
+    teachers = {}
+    for name, bundle in (("mg", MASKS), ("dd", IMAGES)):
+        teachers[name] = tmp_path / name
+        run_bundle(bundle, TRAIN, teachers[name], _tiny(dataset_dir=str(prepared), max_epochs=1))
+    mask_student = _student(MASKS, teachers["mg"], tmp_path / "mg_student", prepared)
+    image_student = _student(IMAGES, teachers["dd"], tmp_path / "dd_student", prepared)
+    pairs = torch.load(image_student / "pairs" / "teacher_pairs.pt", weights_only=True)
+    assert pairs["noise"].shape == (12, 1, 32, 32) and pairs["mask"].shape == (12, 32, 32) and pairs["sampler"]["nfe"] == 3
+    assert torch.load(mask_student / "pairs" / "teacher_pairs.pt", weights_only=True)["class"].shape == (12,)
+    written = (image_student / "pairs" / "teacher_pairs.pt").stat().st_mtime_ns
+    _student(IMAGES, teachers["dd"], image_student, prepared, max_epochs=2)  # resumes: the couplings are kept
+    assert (image_student / "pairs" / "teacher_pairs.pt").stat().st_mtime_ns == written
+    assert trainer_progress(image_student / "models" / "checkpoint_final.pt")["epoch"] == 2
+    out = tmp_path / "chain"
+    run_bundle(MASKS, ["common.yaml", "inference.yaml", "sample_pairs.yaml"], mask_student, _tiny(
+        image_bundle=str(IMAGES), image_root=str(image_student), output_dir=str(out), num_pairs=6, batch_size=8,
+        num_inference_steps=1, image_steps=1, timestep_spacing="trailing", image_overrides=_tiny(timestep_spacing="trailing"),
+        keep_implausible=True))  # a one-epoch tiny mask generator draws no plausible mask
+    d = json.loads((out / "datalist.json").read_text())
+    summary = d["summary"]
+    assert summary["mask"]["nfe"] == summary["image"]["nfe"] == 1 and summary["pairs_per_second"] > 0
+    assert len(d["training"]) == summary["pairs"] == 6 and nib.load(out / d["training"][0]["image"]).shape == (32, 32)
+    refused = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--bundle_root", str(mask_student), "--config_file",
+                              json.dumps([str(MASKS / "configs" / c) for c in ("common.yaml", "inference.yaml", "sample_pairs.yaml")]),
+                              *override_args(_tiny(image_bundle=str(IMAGES), image_root=str(image_student), num_pairs=2,
+                                                   output_dir=str(tmp_path / "refused"), num_inference_steps=1, image_steps=1,
+                                                   image_overrides=_tiny()))],
+                             capture_output=True, text=True)
+    assert refused.returncode == 2 and "only 0 plausible masks in" in refused.stderr
+    assert "Traceback" not in refused.stderr and not (tmp_path / "refused").exists()
+
+
+def test_fm_cmr_reflow_student_and_a_missing_teacher(prepared, tmp_path):
+    fm = tmp_path / "fm"
+    run_bundle(FLOW, TRAIN, fm, _tiny(dataset_dir=str(prepared), max_epochs=1))
+    student = _student(FLOW, fm, tmp_path / "fm_student", prepared)
+    state = torch.load(student / "models" / "best_ema.pt", weights_only=True)
+    assert state["card"]["objective"] == "flow_matching"
+    run_bundle(FLOW, INFER, student, _tiny(mask_datalist=str(prepared / "datalist.json"), mask_key="test", num_inference_steps=1))
+    assert json.loads((student / "eval" / "images" / "datalist.json").read_text())["summary"]["nfe"] == 1
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--bundle_root", str(tmp_path / "orphan"), "--config_file",
+           json.dumps([str(FLOW / "configs" / c) for c in DISTILL]),
+           *override_args(_tiny(dataset_dir=str(prepared), teacher=str(tmp_path / "none.pt")))]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 2 and "none.pt: teacher generator not found" in proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr and not (tmp_path / "orphan" / "pairs").exists()

@@ -235,6 +235,15 @@ def report_and_exit(exc: BaseException) -> None:
     raise SystemExit(EXIT_BAD_INPUT)
 
 
+def run_or_exit(job):
+    """``job()``, with a ``CMRDataError`` it raises (bad input found while running, e.g. a mask generator whose masks
+    are never plausible) ended as bad input is: one line, exit status 2; what it returns otherwise."""
+    try:
+        return job()
+    except CMRDataError as exc:
+        report_and_exit(exc)
+
+
 def bundle_inputs(
     datalists: Sequence[Mapping] = (),
     outputs: Sequence[str | Path] = (),

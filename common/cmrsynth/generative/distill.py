@@ -61,13 +61,15 @@ def _conditions(source, count: int, mask_key: str | None, class_key: str | None)
 @torch.no_grad()
 def teacher_pairs(generator: Generator, teacher: str | Path, path: str | Path, source=None, num_pairs: int = 2048,
                   mask_key: str | None = None, class_key: str | None = None, sampler: str | None = None,
-                  num_inference_steps: int | None = 50, batch_size: int = 32, seed: int = 0, mask_channels: int = 4) -> Path:
+                  num_inference_steps: int | None = 50, batch_size: int = 32, seed: int = 0, mask_channels: int = 4,
+                  save_every: int = 8) -> Path:
     """Draw ``num_pairs`` (noise, sample) couplings from the teacher's deterministic sampler and write them to ``path``.
 
     The teacher is the generator's architecture with the weights of ``teacher`` (a ``best_ema.pt`` or training
     checkpoint); the generator itself is left untouched. Conditions (masks, classes) cycle through ``source``, a
-    dataset of training items (the data the teacher learnt from; nothing new is read). An existing file is kept,
-    so a rerun after a crash resumes at training.
+    dataset of training items (the data the teacher learnt from; nothing new is read). A finished file is kept; an
+    unfinished one (``<path>.partial``, written every ``save_every`` batches with the random state) is continued, so
+    a rerun after a crash loses at most those batches.
 
     Returns:
         ``path``: a torch file with ``noise`` and ``sample`` (float16, the objective's space), ``mask`` (uint8 label
@@ -83,27 +85,31 @@ def teacher_pairs(generator: Generator, teacher: str | Path, path: str | Path, s
         raise CMRDataError(path, "no training items to draw the teacher's conditions from")
     model = copy.deepcopy(generator).load_checkpoint(teacher).eval()
     masks, classes = _conditions(source, num_pairs, mask_key, class_key)
+    partial = path.with_name(path.name + ".partial")
+    done = torch.load(partial, weights_only=True) if partial.is_file() else {"noise": [], "sample": [], "rng": None, "nfe": 0}
     rng = torch.Generator().manual_seed(seed)
-    noise, samples, nfe = [], [], 0
-    log = logging.getLogger(__name__)
-    for start in range(0, num_pairs, batch_size):
+    if done["rng"] is not None:
+        rng.set_state(done["rng"])
+    for batch, start in enumerate(range(len(torch.cat(done["noise"])) if done["noise"] else 0, num_pairs, batch_size)):
         stop = min(start + batch_size, num_pairs)
         mask = (F.one_hot(torch.stack(masks[start:stop]).long(), mask_channels).permute(0, 3, 1, 2).float().to(model.device)
                 if masks else None)
         labels = torch.tensor(classes[start:stop], device=model.device) if classes else None
-        z, x, nfe = model.sample_latent(stop - start, mask=mask, class_labels=labels, sampler=sampler,
-                                        num_inference_steps=num_inference_steps, generator=rng)
-        noise.append(z.half().cpu())
-        samples.append(x.half().cpu())
-        log.info(f"teacher couplings: {stop}/{num_pairs}")
-    pairs = {"noise": torch.cat(noise), "sample": torch.cat(samples),
-             "sampler": {**model.settings(sampler, num_inference_steps), "nfe": nfe, "teacher": str(teacher)}}
+        z, x, done["nfe"] = model.sample_latent(stop - start, mask=mask, class_labels=labels, sampler=sampler,
+                                                num_inference_steps=num_inference_steps, generator=rng)
+        done["noise"].append(z.half().cpu())
+        done["sample"].append(x.half().cpu())
+        if (batch + 1) % save_every == 0 and stop < num_pairs:
+            save_torch_atomic({**done, "rng": rng.get_state()}, partial)
+        logging.getLogger(__name__).info(f"teacher couplings: {stop}/{num_pairs}")
+    pairs = {"noise": torch.cat(done["noise"]), "sample": torch.cat(done["sample"]),
+             "sampler": {**model.settings(sampler, num_inference_steps), "nfe": done["nfe"], "teacher": str(teacher)}}
     if masks:
         pairs["mask"] = torch.stack(masks)
     if classes:
         pairs["class"] = torch.tensor(classes)
-    path.parent.mkdir(parents=True, exist_ok=True)
     save_torch_atomic(pairs, path)
+    partial.unlink(missing_ok=True)
     return path
 
 

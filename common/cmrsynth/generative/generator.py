@@ -204,6 +204,27 @@ class Generator:
         z = get_sampler(sampler)(model, noise, times, callback=callback, generator=generator, **options)
         return noise, z, model.nfe
 
+    @torch.no_grad()
+    def flops_per_sample(self, nfe: int, guidance_scale: float | None = None) -> int:
+        """Floating-point operations of one sample drawn with ``nfe`` network evaluations, decoding included, counted
+        by ``torch.utils.flop_counter`` (matrix products and convolutions) on one evaluation at batch 1: every
+        evaluation of a sampler costs the same, and a guided one counts both passes."""
+        from torch.utils.flop_counter import FlopCounterMode
+
+        from cmrsynth.labels import NUM_CLASSES
+
+        device, size = self.device, (self.image_size, self.image_size)
+        z = torch.zeros((1, *self.codec.latent_shape((self.data_channels, *size))), device=device)
+        mask = torch.zeros((1, NUM_CLASSES, *size), device=device) if getattr(self.denoiser, "mask_mode", "none") != "none" else None
+        labels = torch.zeros(1, dtype=torch.long, device=device) if self.classes.groups else None
+        w = self.settings(guidance_scale=guidance_scale)["guidance_scale"]
+        model = self.bind(mask, labels, w)
+        with FlopCounterMode(display=False) as evaluation:
+            model.output(z, self.objective.time_at_level(1.0, 1, device))
+        with FlopCounterMode(display=False) as decoding:
+            self.codec.decode(z)
+        return nfe * evaluation.get_total_flops() + decoding.get_total_flops()
+
     def loss_at(self, x0: torch.Tensor, level: float, mask=None, class_labels=None, noise=None,
                 generator: torch.Generator | None = None) -> torch.Tensor:
         """Per-sample training loss of clean data x0 (B, C, H, W) at noise level ``level`` in [0, 1]

@@ -1,0 +1,375 @@
+# Copyright (c) cmr-synth contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""Few-step sampling benchmark: teacher samplers against reflow students, the whole (mask, image) chain.
+
+For each setting (teachers at DDIM-50 / 10 / 1, students at 2 / 1 steps): the chain draws 1,000 pairs through
+mask_generator's configs/sample_pairs.yaml; mask quality (plausibility, shape distances to the real test masks),
+image quality on the real test masks (faithfulness, FD / KID by the real-only segmenter), synthetic-only Dice of a
+segmenter trained on the 1,000 pairs, FLOPs per pair (and the paper's recipe's, its networks built from its
+published configs), and, on a quiet machine, pairs per second at batch 64 and 256. The students are audited
+like their teachers. Step counts are fixed; the wall time depends on the machine.
+
+    bash scripts/train_fast_sampling_students.sh runs/bench14 runs/bench   # the students (fixed steps)
+    python scripts/benchmark_fast_sampling.py --stage quality   # any load
+    python scripts/benchmark_fast_sampling.py --stage timing    # alone on the machine, 2 threads
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from cmrsynth.benchmark import (REPO, load_section, machine, prepared_acdc, replace_marked, score_fidelity, draw_images,
+                                train_segmenter, write_benchmark)
+from cmrsynth.bundle_run import run_bundle
+from cmrsynth.masks import mean_pairwise_dice, shape_distances, shape_stats
+
+sys.path.insert(0, str(Path(__file__).parent))
+from benchmark_privacy_audit import Recipe, audit  # noqa: E402
+
+MASKS, DOCS = REPO / "bundles" / "mask_generator", REPO / "docs"
+JSON, FIGURE = DOCS / "fast_sampling.json", DOCS / "fast_sampling.png"
+SEGMENTER_STEPS = 700  # the seg_utility benchmark's protocol
+#: the research code's recipe (arXiv 2603.04340, github.com/vlbthambawita/SynCMRI): mask_generation/main.py and
+#: diffusion_DDPM/main.py (a diffusers UNet2DModel, expressed block for block as MONAI's DiffusionModelUNet), 1000
+#: DDPM steps each; counted at 64x64 like ours
+PAPER_NETWORKS = {
+    "mask": dict(spatial_dims=2, in_channels=4, out_channels=4, channels=(64, 128, 256, 512),
+                 attention_levels=(False, False, True, True), num_res_blocks=2, num_head_channels=32),
+    "image": dict(spatial_dims=2, in_channels=5, out_channels=1, channels=(128, 128, 256, 256, 512, 512),
+                  attention_levels=(False, False, False, False, True, False), num_res_blocks=2, num_head_channels=8,
+                  norm_eps=1e-5),
+}
+PAPER_STEPS = 1000
+
+
+@dataclass
+class Setting:
+    """One way to draw the chain: which weights (teachers or students), steps and timestep spacing of both stages."""
+
+    label: str
+    weights: str  # "teachers" or "students"
+    steps: int
+    spacing: str = "linspace"
+    segmenter: bool = True
+
+
+SETTINGS = {
+    "teacher_ddim50": Setting("teachers, DDIM-50 (the default today)", "teachers", 50),
+    "teacher_ddim10": Setting("teachers, DDIM-10", "teachers", 10),
+    "teacher_ddim1": Setting("teachers, DDIM-1 (no distillation; sanity)", "teachers", 1, segmenter=False),
+    "student_2": Setting("reflow students, 2 steps", "students", 2, "trailing"),
+    "student_1": Setting("reflow students, 1 step", "students", 1, "trailing"),
+}
+
+
+def roots(teachers: Path, work: Path) -> dict[str, dict[str, Path]]:
+    """Run folders of the mask and image generators, teachers and students."""
+    return {"teachers": {"mask": teachers / "mask_generator_signed_distance", "image": teachers / "ddpm_cmr_private"},
+            "students": {"mask": work / "mask_generator_student", "image": work / "ddpm_cmr_student"}}
+
+
+def chain(setting: Setting, folders: dict[str, Path], out: Path, pairs: int, batch: int, seed: int, threads: int) -> dict:
+    """mask_generator's sample_pairs.yaml with this setting into ``out`` (skipped when done); its summary."""
+    if not (out / "datalist.json").is_file():
+        run_bundle(MASKS, ["common.yaml", "inference.yaml", "sample_pairs.yaml"], folders["mask"], {
+            "image_bundle": str(REPO / "bundles" / "ddpm_cmr"), "image_root": str(folders["image"]), "output_dir": str(out),
+            "num_pairs": pairs, "batch_size": batch, "num_inference_steps": setting.steps, "image_steps": setting.steps,
+            "timestep_spacing": setting.spacing, "image_timestep_spacing": setting.spacing, "seed": seed},
+            log=out.parent / f"{out.name}.log", env={"OMP_NUM_THREADS": str(threads)})
+    return json.loads((out / "datalist.json").read_text())["summary"]
+
+
+def mask_quality(datalist: Path, real_test: list[dict]) -> dict:
+    """The chain's masks against the real test masks: shape-statistic distances (all slices) and diversity."""
+    entries = json.loads(datalist.read_text())["training"]
+    masks = [np.asanyarray(nib.load(datalist.parent / e["label"]).dataobj).astype(np.int64) for e in entries]
+    spacing = real_test[0]["spacing"][0]
+    distances = shape_distances([("slices", shape_stats(e["mask"], spacing)) for e in real_test],
+                                [("slices", shape_stats(m, spacing)) for m in masks])["all"]
+    return {"shape_wasserstein": distances, "diversity_mean_pairwise_dice": mean_pairwise_dice(np.stack(masks)),
+            "real_test_diversity": mean_pairwise_dice(np.stack([e["mask"] for e in real_test]))}
+
+
+def image_quality(key: str, setting: Setting, folders: dict[str, Path], real: Path, scorer: Path, seed: int, threads: int) -> dict:
+    """The image stage alone on the real test masks: faithfulness and FD / KID by the real-only segmenter."""
+    overrides = {"sampler": "ddim", "num_inference_steps": setting.steps, "timestep_spacing": setting.spacing}
+    out = folders["work"] / "images"
+    datalist = draw_images(folders["image"], real, "test", out / key, seed, threads, "ddpm_cmr", overrides)
+    summary = json.loads(datalist.read_text())["summary"]
+    return {"nfe": summary["nfe"], **score_fidelity(datalist, real, scorer, out / "fidelity" / key, seed, threads)}
+
+
+def flops(folders: dict[str, Path], steps: int) -> dict:
+    """FLOPs of one (mask, image) pair at ``steps`` steps per stage (``Generator.flops_per_sample``)."""
+    from cmrsynth.generative import load_generator
+
+    out = {}
+    for stage, bundle in (("mask", "mask_generator"), ("image", "ddpm_cmr")):
+        generator = load_generator(REPO / "bundles" / bundle, folders[stage], checkpoint="best_ema.pt")
+        out[stage] = generator.flops_per_sample(steps)
+    return {**out, "pair": out["mask"] + out["image"]}
+
+
+def paper_flops(size: int = 64) -> dict:
+    """FLOPs of the paper's recipe per pair: each network evaluated once per step for 1000 steps (no weights needed)."""
+    import torch
+    from monai.networks.nets import DiffusionModelUNet
+    from torch.utils.flop_counter import FlopCounterMode
+
+    out = {}
+    for stage, config in PAPER_NETWORKS.items():
+        net = DiffusionModelUNet(**config).eval()
+        x = torch.zeros(1, config["in_channels"], size, size)
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            net(x, timesteps=torch.tensor([999]))
+        out[stage] = {"parameters": sum(p.numel() for p in net.parameters()), "flops_per_evaluation": counter.get_total_flops(),
+                      "steps": PAPER_STEPS, "flops": PAPER_STEPS * counter.get_total_flops()}
+    return {**out, "pair": out["mask"]["flops"] + out["image"]["flops"], "image_size": size}
+
+
+def quality_row(key: str, setting: Setting, ctx: dict) -> dict:
+    """Everything but timing for one setting."""
+    folders = {**ctx["roots"][setting.weights], "work": ctx["work"]}
+    chain_dir = ctx["work"] / "chains" / key
+    summary = chain(setting, folders, chain_dir, ctx["pairs"], 64, ctx["seed"], ctx["threads"])
+    row = {"label": setting.label, "weights": setting.weights, "steps": setting.steps, "timestep_spacing": setting.spacing,
+           "chain": {k: summary[k] for k in ("pairs", "masks_drawn", "mask_plausibility_rate", "mask", "image")},
+           "masks": mask_quality(chain_dir / "datalist.json", ctx["real_test"]),
+           "images": image_quality(key, setting, folders, ctx["real"], ctx["scorer"], ctx["seed"], ctx["threads"]),
+           "flops": flops(folders, setting.steps)}
+    if setting.segmenter:
+        row["segmenter"] = train_segmenter(ctx["work"] / "seg" / key, [{"datalist": str(chain_dir / "datalist.json"), "key": "training"}],
+                                           ctx["real"], SEGMENTER_STEPS, ctx["seed"], ctx["threads"])
+    print(f"{key}: quality done {time.strftime('%H:%M')}", flush=True)
+    return row
+
+
+def audits(ctx: dict) -> dict:
+    """privacy_audit of both students through the generator contract (as their teachers in privacy_audit's docs)."""
+    work, data = ctx["work"], ctx["data"]
+    image = Recipe("ddpm_cmr reflow student", "ddpm_cmr_student")
+    mask = Recipe("mask_generator reflow student", "mask_generator_student", bundle="mask_generator", utility=False)
+    out = {"ddpm_cmr_student": audit(work, image, "ddpm_cmr_student", data, work / "chains" / "student_1" / "datalist.json",
+                                     ctx["scorer"], ctx["threads"], 6),
+           "mask_generator_student": audit(work, mask, "mask_generator_student", data, None, ctx["scorer"], ctx["threads"], 6)}
+    teachers = REPO / "bundles" / "privacy_audit" / "docs" / "benchmark.json"
+    if teachers.is_file():
+        rows = json.loads(teachers.read_text()).get("recipes", {})
+        out["teachers"] = {k: rows[k]["audit"] for k in ("new_default", "mask_generator") if k in rows}
+    return out
+
+
+def timing(ctx: dict, pairs: int) -> dict:
+    """Pairs per second of each setting's chain at batch 64 and 256, 2 threads (run alone on the machine)."""
+    out = {}
+    for key, setting in SETTINGS.items():
+        folders = ctx["roots"][setting.weights]
+        for batch in (64, 256):
+            s = chain(setting, folders, ctx["work"] / "timing" / f"{key}_batch{batch}", pairs, batch, ctx["seed"], 2)
+            out[f"{key}/batch{batch}"] = {k: s[k] for k in ("pairs", "batch_size", "pairs_per_second", "seconds", "seconds_by_part")}
+            print(f"{key} batch {batch}: {s['pairs_per_second']:.1f} pairs/s", flush=True)
+    return out
+
+
+def main() -> None:
+    import argparse
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--stage", choices=["quality", "timing", "render"], default="quality")
+    p.add_argument("--work", default=str(REPO / "runs" / "bench14"), help="students, chains, segmenters")
+    p.add_argument("--teachers", default=str(REPO / "runs" / "bench"), help="the teachers' work folder (and acdc64)")
+    p.add_argument("--seg-work", default=str(REPO / "runs" / "bench_seg13"), help="holds the real-only scorer segmenter")
+    p.add_argument("--pairs", type=int, default=1000)
+    p.add_argument("--timing-pairs", type=int, default=512)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--parallel", type=int, default=2, help="settings evaluated at once (one thread each)")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+    result = json.loads(JSON.read_text()) if JSON.is_file() else {}
+    if args.stage == "render":
+        render(result)
+        return
+    work, teachers = Path(args.work), Path(args.teachers)
+    data = prepared_acdc(teachers / "acdc64", 64)
+    ctx = {"work": work, "data": data, "real": data / "datalist.json", "real_test": load_section(data, "test"),
+           "scorer": Path(args.seg_work) / "seg_utility" / "real", "roots": roots(teachers, work), "pairs": args.pairs,
+           "seed": args.seed, "threads": args.threads}
+    result.update({"benchmark": "few-step sampling", "data": "ACDC (../shared/data/acdc), 64x64 CPU preset, seed-0 split: "
+                   "train 50 / val 10 / test 10 patients", "pairs": args.pairs, "segmenter_steps": SEGMENTER_STEPS,
+                   "students": training(work)})
+    if args.stage == "quality":
+        result["machine_quality"] = machine()
+        with ThreadPoolExecutor(args.parallel) as pool:
+            rows = dict(zip(SETTINGS, pool.map(lambda k: quality_row(k, SETTINGS[k], ctx), SETTINGS)))
+        result["settings"] = rows
+        result["paper_recipe"] = paper_flops()
+        result["audits"] = audits(ctx)
+    else:
+        result["machine_timing"] = machine()
+        result["timing"] = timing(ctx, args.timing_pairs)
+    result["finished_" + args.stage] = time.strftime("%Y-%m-%d %H:%M")
+    write_benchmark(JSON, result)
+    render(result)
+
+
+def training(work: Path) -> dict:
+    """How each student was made: its couplings (teacher, sampler) and training steps."""
+    from cmrsynth.bundle_run import trainer_progress
+
+    out = {}
+    for name in ("mask_generator_student", "ddpm_cmr_student"):
+        root = work / name
+        if (root / "models" / "checkpoint_final.pt").is_file():
+            import torch
+
+            pairs = torch.load(root / "pairs" / "teacher_pairs.pt", map_location="cpu", weights_only=True)
+            out[name] = {"couplings": len(pairs["noise"]), "teacher_sampler": pairs["sampler"],
+                         **trainer_progress(root / "models" / "checkpoint_final.pt")}
+    return out
+
+
+def _dice(row: dict, structure: str) -> float:
+    summary = row["segmenter"]["summary"]
+    return float(np.mean([summary[f"{phase}/dice_{structure}"]["mean"] for phase in ("ED", "ES")]))
+
+
+def _faithfulness(row: dict) -> float:
+    return float(np.mean([row["images"]["mask_faithfulness"][k] for k in ("lv", "myo", "rv")]))
+
+
+def aims(result: dict) -> list[str]:
+    """The issue's aims, each met or not, for the fastest student setting that keeps its quality, else the 2-step one."""
+    rows, timing = result.get("settings", {}), result.get("timing", {})
+    teacher, lines = rows.get("teacher_ddim50"), []
+    if not teacher:
+        return lines
+    for key in ("student_1", "student_2"):
+        row = rows.get(key)
+        if not row:
+            continue
+        speed = max((timing.get(f"{key}/batch{b}", {}).get("pairs_per_second", 0.0) for b in (64, 256)), default=0.0)
+        drops = {"mask plausibility": teacher["chain"]["mask_plausibility_rate"] - row["chain"]["mask_plausibility_rate"],
+                 **{f"faithfulness {k.upper()}": teacher["images"]["mask_faithfulness"][k] - row["images"]["mask_faithfulness"][k]
+                    for k in ("lv", "myo", "rv")},
+                 **{f"synthetic-only Dice {k.upper()}": _dice(teacher, k) - _dice(row, k) for k in ("lv", "myo", "rv")}}
+        worst = max(drops, key=drops.get)
+        ratio = result["paper_recipe"]["pair"] / row["flops"]["pair"]
+        lines.append(f"- {row['label']}: {speed:.1f} pairs per second (aim >= 20: {'met' if speed >= 20 else 'not met'}); "
+                     f"largest quality drop against the DDIM-50 teachers {drops[worst]:+.3f} ({worst}; aim <= 0.01: "
+                     f"{'met' if drops[worst] <= 0.01 else 'not met'}); {ratio:,.0f}x fewer FLOPs per pair than the paper's "
+                     f"recipe (aim >= 10,000x: {'met' if ratio >= 10_000 else 'not met'}).")
+    return lines
+
+
+def tables(result: dict) -> str:
+    """Markdown: the settings side by side, where the time goes, the paper's recipe, the students' audits."""
+    rows, timing, paper = result.get("settings", {}), result.get("timing", {}), result.get("paper_recipe", {})
+    out = ["| setting | NFE mask + image | GFLOP per pair (x fewer than the paper) | pairs / s, batch 64 / 256 | "
+           "mask plausibility (drawn) | shape W1 to real test: LV area mm² / myo thickness mm | mask diversity (pairwise Dice, "
+           "real test {:.3f}) | faithfulness Dice LV / MYO / RV | FD x100 / KID x10^4 | synthetic-only Dice LV / MYO / RV "
+           "(mean of ED, ES) |".format(next(iter(rows.values()))["masks"]["real_test_diversity"] if rows else float("nan")),
+           "|---" * 10 + "|"]
+    for key, r in rows.items():
+        speed = " / ".join(f"{timing[f'{key}/batch{b}']['pairs_per_second']:.1f}" if f"{key}/batch{b}" in timing else "-"
+                           for b in (64, 256))
+        w = r["masks"]["shape_wasserstein"]
+        f = r["images"]
+        dice = " / ".join(f"{_dice(r, k):.3f}" for k in ("lv", "myo", "rv")) if "segmenter" in r else "not trained"
+        out.append(f"| {r['label']} | {r['chain']['mask']['nfe']} + {r['chain']['image']['nfe']} | "
+                   f"{r['flops']['pair'] / 1e9:.2f} ({paper.get('pair', float('nan')) / r['flops']['pair']:,.0f}x) | {speed} | "
+                   f"{r['chain']['mask_plausibility_rate']:.1%} | {w['lv_area']:.0f} / {w['myo_thickness']:.2f} | "
+                   f"{r['masks']['diversity_mean_pairwise_dice']:.3f} | "
+                   + " / ".join(f"{f['mask_faithfulness'][k]:.3f}" for k in ("lv", "myo", "rv"))
+                   + f" | {100 * f['fd_seg']:.2f} / {1e4 * f['kid_seg']:.2f} | {dice} |")
+    if timing:
+        out += ["", "Where the time goes (batch 64, seconds per pair):", "",
+                "| setting | mask network | mask cleaning | image network | writing NIfTI |", "|---|---|---|---|---|"]
+        for key, r in rows.items():
+            t = timing.get(f"{key}/batch64")
+            if t:
+                out.append(f"| {r['label']} | " + " | ".join(f"{t['seconds_by_part'].get(part, 0) / t['pairs']:.4f}"
+                                                       for part in ("mask_network", "mask_cleaning", "image_network", "writing")) + " |")
+    if paper:
+        out += ["", "The paper's recipe, its networks built from its published configs (no weights) and counted the same way:", "",
+                "| network | parameters | GFLOP per evaluation (64x64) | steps | TFLOP |", "|---|---|---|---|---|"]
+        for stage in ("mask", "image"):
+            n = paper[stage]
+            out.append(f"| {stage} | {n['parameters'] / 1e6:.1f} M | {n['flops_per_evaluation'] / 1e9:.2f} | {n['steps']} | {n['flops'] / 1e12:.1f} |")
+        out.append(f"| pair | | | | {paper['pair'] / 1e12:.1f} |")
+    audits_ = result.get("audits", {})
+    if audits_:
+        from cmrsynth.audit import strongest
+
+        out += ["", "Students audited like their teachers (privacy_audit, 50 members / 20 non-members, 6 slices each):", "",
+                "| generator | strongest attack per patient: AUC | per slice: AUC, TPR at 1 % FPR | reconstruction AUC |",
+                "|---|---|---|---|"]
+        named = {"ddpm_cmr_student": audits_.get("ddpm_cmr_student"), "ddpm_cmr teacher (new default)": audits_.get("teachers", {}).get("new_default"),
+                 "mask_generator_student": audits_.get("mask_generator_student"),
+                 "mask_generator teacher": audits_.get("teachers", {}).get("mask_generator")}
+        for name, a in named.items():
+            if not a:
+                continue
+            (pn, pm), (sn, sm) = strongest(a["membership"]), strongest(a["membership_slices"])
+            rec = a.get("reconstruction", {}).get("membership", {}).get("neg_rms", {}).get("auc", {}).get("value")
+            out.append(f"| {name} | {pn} {pm['auc']['value']:.2f} | {sn} {sm['auc']['value']:.2f}, {sm['tpr_at_1pct_fpr']['value']:.1%} | "
+                       f"{'-' if rec is None else f'{rec:.2f}'} |")
+    lines = aims(result)
+    if lines:
+        out += ["", "Aims:", "", *lines]
+    return "\n".join(out)
+
+
+def figure(result: dict, path: Path) -> None:
+    """Speed against quality: pairs per second (batch 64) against synthetic-only Dice and faithfulness."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows, timing = result.get("settings", {}), result.get("timing", {})
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for key, r in rows.items():
+        t = timing.get(f"{key}/batch64")
+        if not t:
+            continue
+        x = t["pairs_per_second"]
+        if "segmenter" in r:
+            axes[0].scatter(x, np.mean([_dice(r, k) for k in ("lv", "myo", "rv")]))
+            axes[0].annotate(r["label"].split(" (")[0], (x, np.mean([_dice(r, k) for k in ("lv", "myo", "rv")])), fontsize=7)
+        axes[1].scatter(x, _faithfulness(r))
+        axes[1].annotate(r["label"].split(" (")[0], (x, _faithfulness(r)), fontsize=7)
+    for ax, label in zip(axes, ("synthetic-only segmenter Dice (mean LV, MYO, RV)", "faithfulness Dice (mean LV, MYO, RV)")):
+        ax.set_xscale("log")
+        ax.axvline(20, ls="--", c="grey", lw=0.8)
+        ax.set_xlabel("(mask, image) pairs per second, 2 CPU threads, batch 64")
+        ax.set_ylabel(label)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def render(result: dict) -> None:
+    """docs/fast_sampling.md's results section and the speed / quality figure, from the benchmark JSON."""
+    replace_marked(DOCS / "fast_sampling.md", "results", tables(result))
+    if result.get("timing") and result.get("settings"):
+        figure(result, FIGURE)
+
+
+if __name__ == "__main__":
+    main()
