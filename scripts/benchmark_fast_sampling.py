@@ -71,7 +71,7 @@ class Setting:
 
 SETTINGS = {
     "teacher_ddim50": Setting("teachers, DDIM-50 (the default today)", "teachers", 50),
-    "teacher_ddim10": Setting("teachers, DDIM-10", "teachers", 10),
+    "teacher_ddim10": Setting("teachers, DDIM-10", "teachers", 10, segmenter=False),
     "teacher_ddim1": Setting("teachers, DDIM-1 (no distillation; sanity)", "teachers", 1, segmenter=False),
     "student_2": Setting("reflow students, 2 steps", "students", 2, "trailing"),
     "student_1": Setting("reflow students, 1 step", "students", 1, "trailing"),
@@ -175,10 +175,11 @@ def audits(ctx: dict) -> dict:
     return out
 
 
-def timing(ctx: dict, pairs: int) -> dict:
+def timing(ctx: dict, pairs: int, keys: list[str]) -> dict:
     """Pairs per second of each setting's chain at batch 64 and 256, 2 threads (run alone on the machine)."""
     out = {}
-    for key, setting in SETTINGS.items():
+    for key in keys:
+        setting = SETTINGS[key]
         folders = ctx["roots"][setting.weights]
         for batch in (64, 256):
             s = chain(setting, folders, ctx["work"] / "timing" / f"{key}_batch{batch}", pairs, batch, ctx["seed"], 2)
@@ -187,45 +188,56 @@ def timing(ctx: dict, pairs: int) -> dict:
     return out
 
 
+def save(part: dict) -> dict:
+    """Merge ``part`` into the benchmark JSON as it is on disk now (rows by setting), so that two stages run side by
+    side do not overwrite each other's rows; returns the merged result."""
+    result = json.loads(JSON.read_text()) if JSON.is_file() else {}
+    for key, value in part.items():
+        if isinstance(value, dict) and key in ("settings", "timing", "audits"):
+            result.setdefault(key, {}).update(value)
+        else:
+            result[key] = value
+    write_benchmark(JSON, result)
+    return result
+
+
 def main() -> None:
     import argparse
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--stage", choices=["quality", "timing", "render"], default="quality")
+    p.add_argument("--stage", choices=["quality", "audits", "timing", "render"], default="quality")
+    p.add_argument("--settings", default=",".join(SETTINGS), help="settings to measure (comma-separated)")
     p.add_argument("--work", default=str(REPO / "runs" / "bench14"), help="students, chains, segmenters")
     p.add_argument("--teachers", default=str(REPO / "runs" / "bench"), help="the teachers' work folder (and acdc64)")
     p.add_argument("--seg-work", default=str(REPO / "runs" / "bench_seg13"), help="holds the real-only scorer segmenter")
     p.add_argument("--pairs", type=int, default=1000)
     p.add_argument("--timing-pairs", type=int, default=512)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--parallel", type=int, default=2, help="settings evaluated at once (one thread each)")
+    p.add_argument("--parallel", type=int, default=1, help="settings evaluated at once (--threads each)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
-    result = json.loads(JSON.read_text()) if JSON.is_file() else {}
     if args.stage == "render":
-        render(result)
+        render(json.loads(JSON.read_text()))
         return
     work, teachers = Path(args.work), Path(args.teachers)
     data = prepared_acdc(teachers / "acdc64", 64)
     ctx = {"work": work, "data": data, "real": data / "datalist.json", "real_test": load_section(data, "test"),
            "scorer": Path(args.seg_work) / "seg_utility" / "real", "roots": roots(teachers, work), "pairs": args.pairs,
            "seed": args.seed, "threads": args.threads}
-    result.update({"benchmark": "few-step sampling", "data": "ACDC (../shared/data/acdc), 64x64 CPU preset, seed-0 split: "
-                   "train 50 / val 10 / test 10 patients", "pairs": args.pairs, "segmenter_steps": SEGMENTER_STEPS,
-                   "students": training(work)})
+    part = {"benchmark": "few-step sampling", "data": "ACDC (../shared/data/acdc), 64x64 CPU preset, seed-0 split: "
+            "train 50 / val 10 / test 10 patients", "pairs": args.pairs, "segmenter_steps": SEGMENTER_STEPS,
+            "students": training(work), f"machine_{args.stage}": machine()}
+    keys = [k for k in args.settings.split(",") if k]
     if args.stage == "quality":
-        result["machine_quality"] = machine()
         with ThreadPoolExecutor(args.parallel) as pool:
-            rows = dict(zip(SETTINGS, pool.map(lambda k: quality_row(k, SETTINGS[k], ctx), SETTINGS)))
-        result["settings"] = rows
-        result["paper_recipe"] = paper_flops()
-        result["audits"] = audits(ctx)
+            part["settings"] = dict(zip(keys, pool.map(lambda k: quality_row(k, SETTINGS[k], ctx), keys)))
+        part["paper_recipe"] = paper_flops()
+    elif args.stage == "audits":
+        part["audits"] = audits(ctx)
     else:
-        result["machine_timing"] = machine()
-        result["timing"] = timing(ctx, args.timing_pairs)
-    result["finished_" + args.stage] = time.strftime("%Y-%m-%d %H:%M")
-    write_benchmark(JSON, result)
-    render(result)
+        part["timing"] = timing(ctx, args.timing_pairs, keys)
+    part[f"finished_{args.stage}"] = time.strftime("%Y-%m-%d %H:%M")
+    render(save(part))
 
 
 def training(work: Path) -> dict:

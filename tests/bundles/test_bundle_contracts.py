@@ -110,7 +110,7 @@ def test_image_generators_differ_only_in_their_objective(name):
     assert len(set(texts.values())) == 1, f"{name} differs between {sorted(texts)}"
     common = {b: ConfigParser.load_config_file(str(REPO / "bundles" / b / "configs" / "common.yaml")) for b in ("ddpm_cmr", "fm_cmr")}
     objective_keys = {"objective", "scheduler", "num_train_timesteps", "prediction_type", "sigma", "coupling", "sampler",
-                      "num_inference_steps", "experiment_name", "generator"}
+                      "num_inference_steps", "timestep_spacing", "experiment_name", "generator"}
     for key in (set(common["ddpm_cmr"]) | set(common["fm_cmr"])) - objective_keys:
         assert common["ddpm_cmr"].get(key) == common["fm_cmr"].get(key), f"common.yaml key {key!r} differs"
     strip = lambda g: {k: v for k, v in g.items() if k != "name"}  # noqa: E731
@@ -126,3 +126,25 @@ def test_every_generator_bundle_defines_the_contract(bundle):
     generator = parser.get_parsed_content("generator")
     assert isinstance(generator, Generator) and generator.name == bundle
     generator.check_sampler(generator.sampler)
+
+
+def test_distillation_overlays_differ_only_where_the_bundles_do():
+    """distill.yaml is one recipe: the image generators' copies parse to the same config; the mask generator's differs
+    only in having no mask condition."""
+    load = lambda b: ConfigParser.load_config_file(str(REPO / "bundles" / b / "configs" / "distill.yaml"))  # noqa: E731
+    ddpm, fm, masks, latent = load("ddpm_cmr"), load("fm_cmr"), load("mask_generator"), load("ldm_cmr")
+    assert ddpm == fm and {k: v for k, v in latent.items() if k != "prepare_codec"} == ddpm  # ldm: the teacher's codec
+    differ = {k for k in ddpm if ddpm[k] != masks.get(k)}
+    assert differ == {"make_pairs", "train#prepare_batch", "validate#prepare_batch"}
+    for key in differ:
+        assert {k: v for k, v in masks[key].items() if k != "mask_key"} == {k: v for k, v in ddpm[key].items() if k != "mask_key"}
+        assert masks[key]["mask_key"] is None and ddpm[key]["mask_key"] == "label"
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_distillation_overlay_builds_a_student_of_the_teachers_kind(bundle):
+    parser = _parser(bundle, "train.yaml", *(["train_diffusion.yaml"] if bundle == "ldm_cmr" else []), "distill.yaml")
+    parser["device"] = "$torch.device('cpu')"
+    assert parser.get_parsed_content("pretrained") is None and parser.get_parsed_content("teacher") is None
+    prepare = parser.get_parsed_content("train#prepare_batch")
+    assert type(prepare).__name__ == "CoupledPrepareBatch" and prepare.objective.name == parser.get_parsed_content("generator").objective.name

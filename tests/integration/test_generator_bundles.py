@@ -159,6 +159,15 @@ def test_ldm_cmr_autoencoder_then_diffusion_then_inference_and_audit(prepared, t
     assert image.shape == (32, 32)  # decoded back to pixels
     _check_privacy_audit(prepared, ldm, out / "datalist.json", bundle=LATENT, overrides=tiny)
 
+    student = tmp_path / "ldm_student"  # a reflow student keeps the teacher's autoencoder and latent scale
+    run_bundle(LATENT, [*stage2, "distill.yaml"], student, {**tiny, "dataset_dir": str(prepared), "max_epochs": 1, "num_pairs": 8,
+                                                            "pair_steps": 2, "teacher": str(ldm / "models" / "best_ema.pt")})
+    taught = torch.load(student / "models" / "best_ema.pt", weights_only=True)["codec"]
+    assert torch.equal(taught["scale_factor"], state["codec"]["scale_factor"])
+    run_bundle(LATENT, INFER, student, {**tiny, "mask_datalist": str(prepared / "datalist.json"), "mask_key": "test",
+                                        "num_inference_steps": 1})
+    assert json.loads((student / "eval" / "images" / "datalist.json").read_text())["summary"]["nfe"] == 1
+
 
 def test_a_generator_refuses_a_checkpoint_of_another_bundle(prepared, tmp_path):
     from cmrsynth.errors import CMRDataError

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The reflow students scripts/benchmark_fast_sampling.py measures, at fixed step counts (what the 2026-11-30 benchmark
+# ran, as two one-thread processes side by side):
+#   bash scripts/train_fast_sampling_students.sh runs/bench14 runs/bench
+# teachers (in the second folder): mask_generator_signed_distance (mask_generator's benchmark run) and ddpm_cmr_private
+# (the privacy benchmark's new default), both best_ema.pt; each student: 2,048 DDIM-50 couplings on the training set's
+# conditions, then 10 x 200 = 2,000 steps from the teacher's weights. Rerunning resumes (couplings and checkpoints kept).
+set -euo pipefail
+REPO=$(cd "$(dirname "$0")/.." && pwd); W=$(realpath -m "${1:-runs/bench14}"); T=$(realpath "${2:-runs/bench}")
+mkdir -p "$W"
+student() {
+  local bundle=$1 teacher=$2
+  (cd "$REPO/bundles/$bundle" && OMP_NUM_THREADS=1 python -m monai.bundle run \
+    --config_file "['configs/common.yaml','configs/train.yaml','configs/distill.yaml']" \
+    --bundle_root "$W/${bundle}_student" --dataset_dir "$T/acdc64" --teacher "$teacher" --max_epochs 10 --seed 0 \
+    --progress_bar False >> "$W/${bundle}_student.log" 2>&1)
+}
+student mask_generator "$T/mask_generator_signed_distance/models/best_ema.pt" &
+student ddpm_cmr "$T/ddpm_cmr_private/models/best_ema.pt" &
+wait
