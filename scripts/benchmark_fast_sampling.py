@@ -376,9 +376,25 @@ def figure(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def stage_line(result: dict) -> str:
+    """The README stage table's cell: speed beside quality, teachers against the students."""
+    rows, timing = result.get("settings", {}), result.get("timing", {})
+    cells = []
+    for key in ("teacher_ddim50", "student_2", "student_1"):
+        r, t = rows.get(key), timing.get(f"{key}/batch64")
+        if not r or not t or "segmenter" not in r:
+            continue
+        cells.append(f"{r['label'].split(' (')[0]}: {t['pairs_per_second']:.1f} pairs / s, {r['chain']['mask_plausibility_rate']:.0%} "
+                     f"plausible masks, faithfulness {_faithfulness(r):.3f}, synthetic-only Dice LV / RV "
+                     f"{_dice(r, 'lv'):.3f} / {_dice(r, 'rv'):.3f}")
+    return "[benchmark](docs/fast_sampling.md): " + "; ".join(cells) if cells else "not measured yet"
+
+
 def render(result: dict) -> None:
-    """docs/fast_sampling.md's results section and the speed / quality figure, from the benchmark JSON."""
+    """docs/fast_sampling.md's results section, the README's stage cell and the speed / quality figure, from the
+    benchmark JSON."""
     replace_marked(DOCS / "fast_sampling.md", "results", tables(result))
+    replace_marked(REPO / "README.md", "fast-stage", stage_line(result), inline=True)
     if result.get("timing") and result.get("settings"):
         figure(result, FIGURE)
 
