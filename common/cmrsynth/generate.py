@@ -21,6 +21,7 @@ import json
 import logging
 import time
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
 
 import nibabel as nib
@@ -215,22 +216,12 @@ def generate_images(
     return summary
 
 
-class _Stopwatch:
-    """Seconds spent per named part of a job: ``with watch("part"): ...``."""
-
-    def __init__(self):
-        self.seconds: Counter = Counter()
-        self._part = None
-
-    def __call__(self, part: str):
-        self._part = part
-        return self
-
-    def __enter__(self):
-        self._start, self._current = time.perf_counter(), self._part
-
-    def __exit__(self, *exc):
-        self.seconds[self._current] += time.perf_counter() - self._start
+@contextmanager
+def _timed(seconds: Counter, part: str):
+    """Add the seconds the block takes to ``seconds[part]``."""
+    start = time.perf_counter()
+    yield
+    seconds[part] += time.perf_counter() - start
 
 
 def _sample_in_chunks(model: Generator, chunk: int, n: int, mask=None, class_labels=None, **options) -> tuple[torch.Tensor, int]:
@@ -289,7 +280,7 @@ def sample_pairs(
     max_draws = max_draws or 3 * num_pairs
     mask_generator, image_generator = mask_generator.to(device).eval(), image_generator.to(device).eval()
     image_generator.check_sampler(image_sampler or image_generator.sampler)
-    cells, rng, watch = mask_generator.classes.plan(1), torch.Generator().manual_seed(seed), _Stopwatch()
+    cells, rng, seconds = mask_generator.classes.plan(1), torch.Generator().manual_seed(seed), Counter()
     entries, shown, nfe, drawn, plausible = [], [], {}, 0, 0
     t0 = time.perf_counter()
     with atomic_directory(out_dir, overwrite=overwrite) as tmp:
@@ -299,35 +290,35 @@ def sample_pairs(
                                                   "is not trained well enough for sample_pairs (raise max_draws to insist)")
             chunk = [cells[(drawn + i) % len(cells)] for i in range(batch_size)]
             drawn += len(chunk)
-            with watch("mask_network"):
+            with _timed(seconds, "mask_network"):
                 labels = torch.tensor([c["class"] for c in chunk], device=device) if mask_generator.classes.groups else None
                 x, nfe["mask"] = _sample_in_chunks(mask_generator, network_batch, len(chunk), class_labels=labels,
                                                    sampler=mask_sampler, num_inference_steps=mask_steps, generator=rng)
-            with watch("mask_cleaning"):
+            with _timed(seconds, "mask_cleaning"):
                 cleaned = [postprocess_mask(m) for m in x.argmax(1).to(torch.uint8).cpu().numpy()]
                 ok = [plausibility(m)["plausible"] for m in cleaned]
                 plausible += sum(ok)
                 keep = [i for i in range(len(cleaned)) if ok[i] or keep_implausible][: num_pairs - len(entries)]
             if not keep:
                 continue
-            conditions, masks, verdicts = [chunk[i] for i in keep], [cleaned[i] for i in keep], [ok[i] for i in keep]
-            with watch("image_network"):
+            conditions, masks = [chunk[i] for i in keep], [cleaned[i] for i in keep]
+            with _timed(seconds, "image_network"):
                 images, nfe["image"] = _sample_in_chunks(image_generator, network_batch, len(masks), mask=_one_hot(masks, device),
                                                          class_labels=image_generator.classes.labels(conditions, device),
                                                          sampler=image_sampler, num_inference_steps=image_steps, generator=rng)
                 images = images[:, 0].clamp(-1, 1).cpu().numpy()
-            with watch("writing"):
-                for condition, image, mask, plausible_mask in zip(conditions, images, masks, verdicts):
+            with _timed(seconds, "writing"):
+                for i, condition, image, mask in zip(keep, conditions, images, masks):
                     sid = f"syn{len(entries):05d}"
                     entry = _write_pair(tmp, sid, image, mask, {**condition, "spacing": (spacing, spacing, 1.0)})
-                    entries.append({**entry, "synthetic_id": sid, "plausible": plausible_mask,
+                    entries.append({**entry, "synthetic_id": sid, "plausible": ok[i],
                                     **({"position": condition["position"]} if condition["position"] else {})})
-                    if len(shown) < 12:
-                        shown.append((image, mask))
-        seconds = time.perf_counter() - t0
+            shown += list(zip(images, masks))[: 12 - len(shown)]
+        elapsed = time.perf_counter() - t0
         summary = {
-            "pairs": len(entries), "batch_size": batch_size, "network_batch": network_batch, "pairs_per_second": len(entries) / seconds, "seconds": seconds,
-            "seconds_by_part": dict(watch.seconds), "masks_drawn": drawn, "mask_plausibility_rate": plausible / drawn,
+            "pairs": len(entries), "batch_size": batch_size, "network_batch": network_batch,
+            "pairs_per_second": len(entries) / elapsed, "seconds": elapsed, "seconds_by_part": dict(seconds),
+            "masks_drawn": drawn, "mask_plausibility_rate": plausible / drawn,
             "mask": {**mask_generator.settings(mask_sampler, mask_steps), "nfe": nfe.get("mask", 0)},
             "image": {**image_generator.settings(image_sampler, image_steps), "nfe": nfe.get("image", 0)},
         }
