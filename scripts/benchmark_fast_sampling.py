@@ -25,7 +25,6 @@ like their teachers. Step counts are fixed; the wall time depends on the machine
 from __future__ import annotations
 
 import json
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -39,8 +38,6 @@ from cmrsynth.benchmark import (REPO, load_section, machine, prepared_acdc, repl
 from cmrsynth.bundle_run import run_bundle
 from cmrsynth.masks import mean_pairwise_dice, shape_distances, shape_stats
 
-sys.path.insert(0, str(Path(__file__).parent))
-from benchmark_privacy_audit import Recipe, audit  # noqa: E402
 
 MASKS, DOCS = REPO / "bundles" / "mask_generator", REPO / "docs"
 JSON, FIGURE = DOCS / "fast_sampling.json", DOCS / "fast_sampling.png"
@@ -161,13 +158,24 @@ def quality_row(key: str, setting: Setting, ctx: dict) -> dict:
 
 
 def audits(ctx: dict) -> dict:
-    """privacy_audit of both students through the generator contract (as their teachers in privacy_audit's docs)."""
+    """privacy_audit of both students through the generator contract, as their teachers were audited (privacy_audit's
+    benchmark: 6 slices per patient); the reconstruction attack samples as the student is used, one step."""
     work, data = ctx["work"], ctx["data"]
-    image = Recipe("ddpm_cmr reflow student", "ddpm_cmr_student")
-    mask = Recipe("mask_generator reflow student", "mask_generator_student", bundle="mask_generator", utility=False)
-    out = {"ddpm_cmr_student": audit(work, image, "ddpm_cmr_student", data, work / "chains" / "student_1" / "datalist.json",
-                                     ctx["scorer"], ctx["threads"], 6),
-           "mask_generator_student": audit(work, mask, "mask_generator_student", data, None, ctx["scorer"], ctx["threads"], 6)}
+    out = {}
+    for name, bundle, synthetic in (("ddpm_cmr_student", "ddpm_cmr", work / "chains" / "student_1" / "datalist.json"),
+                                    ("mask_generator_student", "mask_generator", None)):
+        folder = work / "privacy_audit" / name
+        if not (folder / "audit.json").is_file():
+            overrides = {"generator_bundle": str(REPO / "bundles" / bundle), "generator_root": str(work / name),
+                         "real_datalist": str(data / "datalist.json"), "output_dir": str(folder), "slices_per_patient": 6,
+                         "generator_overrides": {"num_inference_steps": 1}}
+            if synthetic is not None:
+                overrides.update(synthetic_datalist=str(synthetic), feature_encoder_root=str(ctx["scorer"]),
+                                 feature_encoder_bundle=str(REPO / "bundles" / "seg_utility"))
+            run_bundle(REPO / "bundles" / "privacy_audit", ["audit.yaml"], work / "privacy_audit", overrides,
+                       log=work / "privacy_audit" / f"{name}.log", env={"OMP_NUM_THREADS": str(ctx["threads"])})
+        out[name] = json.loads((folder / "audit.json").read_text())
+        out[name].get("leakage", {}).pop("synthetic_to_train", None)
     teachers = REPO / "bundles" / "privacy_audit" / "docs" / "benchmark.json"
     if teachers.is_file():
         rows = json.loads(teachers.read_text()).get("recipes", {})
