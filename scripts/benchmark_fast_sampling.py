@@ -286,8 +286,10 @@ def training(work: Path) -> dict:
             import torch
 
             pairs = torch.load(root / "pairs" / "teacher_pairs.pt", map_location="cpu", weights_only=True)
-            out[name] = {"couplings": len(pairs["noise"]), "teacher_sampler": pairs["sampler"],
-                         **trainer_progress(root / "models" / "checkpoint_final.pt")}
+            sampler = {k: Path(v).name if k == "teacher" else v for k, v in pairs["sampler"].items()}  # no local paths
+            out[name] = {"couplings": len(pairs["noise"]), "validation_couplings_from": "validation patients"
+                         if pairs.get("validation_start") else "the last 10 % of the training couplings",
+                         "teacher_sampler": sampler, **trainer_progress(root / "models" / "checkpoint_final.pt")}
     return out
 
 
@@ -361,8 +363,8 @@ def tables(result: dict) -> str:
         out.append(f"| pair | | | | {paper['pair'] / 1e12:.1f} |")
     errors = result.get("coupling_errors", {})
     if errors:
-        out += ["", "Distance to the teacher's DDIM-50 sample of the same noise and conditions (held-out couplings, mean squared "
-                "error in the objective's space; DDIM at 1 / 2 trailing steps):", "",
+        out += ["", "Distance to the teacher's DDIM-50 sample of the same noise and conditions (the student's validation "
+                "couplings, not trained on; mean squared error in the objective's space; DDIM at 1 / 2 trailing steps):", "",
                 "| stage | teacher, 1 step | teacher, 2 steps | student, 1 step | student, 2 steps |", "|---|---|---|---|---|"]
         for stage in ("mask", "image"):
             out.append(f"| {stage} | " + " | ".join(f"{errors[f'{stage}/{w}/{n}']['mse']:.4f}" for w in ("teachers", "students")

@@ -272,7 +272,8 @@ def sample_pairs(
         keep_implausible: keep every mask (each entry records whether it was plausible).
 
     Returns:
-        summary: pairs, pairs per second (the whole call: sampling, cleaning, writing), seconds per part (mask
+        summary: pairs, pairs per second (drawing, cleaning and writing the pairs; not the datalist and figure written
+        after them), seconds per part (mask
         network, mask cleaning, image network, writing), plausibility of the drawn masks, each stage's settings and NFE.
     """
     if num_pairs < 1:

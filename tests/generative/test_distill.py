@@ -43,46 +43,59 @@ def test_teacher_pairs_are_the_teachers_deterministic_samples(tmp_path):
                          mask_key="label", class_key="class", num_inference_steps=4, batch_size=2)
     pairs = torch.load(path, weights_only=True)
     assert pairs["noise"].shape == pairs["sample"].shape == (5, 1, 16, 16) and pairs["noise"].dtype == torch.float16
-    assert pairs["class"].tolist() == [0, 1, 0, 0, 1]  # cycling through the source
-    assert pairs["mask"][3].max() == 1 and pairs["sampler"]["nfe"] == 4
+    assert sorted(pairs["class"][:3].tolist()) == [0, 0, 1]  # every source item once before any repeats
+    assert sorted(pairs["mask"][:3].amax((1, 2)).tolist()) == [1, 2, 3] and pairs["sampler"]["nfe"] == 4
+    assert pairs["settings"]["teacher"] == "teacher.pt"  # the file name only, no local path
     mask = F.one_hot(pairs["mask"][:1].long(), 4).permute(0, 3, 1, 2).float()
     again = get_sampler("ddim")(generator.bind(mask, pairs["class"][:1]), pairs["noise"][:1].float(),
                                 generator.objective.time_grid(4))
     torch.testing.assert_close(again, pairs["sample"][:1].float(), atol=2e-3, rtol=0)  # float16 storage
 
 
-def test_teacher_pairs_keep_an_existing_file_and_refuse_a_stochastic_sampler(tmp_path):
+def test_teacher_pairs_refuse_a_stochastic_sampler_and_an_empty_source(tmp_path):
     generator = tiny_generator(ddpm_objective(steps=100))
     teacher = _teacher_file(generator, tmp_path)
-    (tmp_path / "kept.pt").write_bytes(b"resume")
-    assert teacher_pairs(generator, teacher, tmp_path / "kept.pt", _source()).read_bytes() == b"resume"
     with pytest.raises(ValueError, match="deterministic"):
         teacher_pairs(generator, teacher, tmp_path / "p.pt", _source(), sampler="ddpm")
-    with pytest.raises(CMRDataError, match="no training items"):
+    with pytest.raises(CMRDataError, match=r"p.pt: no training \(or validation\) items"):
         teacher_pairs(generator, teacher, tmp_path / "p.pt", [])
     assert not (tmp_path / "p.pt").exists()
 
 
-def test_teacher_pairs_split_into_training_and_validation(tmp_path):
+def test_validation_couplings_come_from_the_validation_conditions(tmp_path):
     generator = tiny_generator(ddpm_objective(steps=100), groups=["NOR"])
-    path = teacher_pairs(generator, _teacher_file(generator, tmp_path), tmp_path / "pairs.pt", _source(), num_pairs=10,
-                         mask_key="label", class_key="class", num_inference_steps=2)
+    held_out = [{**item, "label": torch.roll(item["label"], 3, dims=-1)} for item in _source(2)]  # other masks
+    path = teacher_pairs(generator, _teacher_file(generator, tmp_path), tmp_path / "pairs.pt", _source(), num_pairs=6,
+                         mask_key="label", class_key="class", num_inference_steps=2, validation_source=held_out,
+                         validation_pairs=2)
     train, val = TeacherPairs(path, "training"), TeacherPairs(path, "validation")
-    assert (len(train), len(val)) == (9, 1)
+    assert (len(train), len(val)) == (6, 2)
+    seen = {tuple(train[i]["label"].flatten().tolist()) for i in range(6)}
+    assert all(tuple(val[i]["label"].flatten().tolist()) not in seen for i in range(2))
     item = val[0]
     assert item["label"].shape == (4, 16, 16) and item["noise"].dtype == torch.float32 and "class" in item
+
+
+def test_couplings_of_other_settings_are_refused_naming_the_file(tmp_path):
+    generator = tiny_generator(ddpm_objective(steps=100))
+    teacher, kw = _teacher_file(generator, tmp_path), dict(mask_key="label", num_inference_steps=2)
+    teacher_pairs(generator, teacher, tmp_path / "pairs.pt", _source(), num_pairs=4, **kw)
+    with pytest.raises(CMRDataError, match=r"pairs.pt: couplings were drawn with other settings \(num_pairs: 4 in the file, 8 now\)"):
+        teacher_pairs(generator, teacher, tmp_path / "pairs.pt", _source(), num_pairs=8, **kw)
 
 
 def test_coupled_batches_keep_the_teachers_noise_and_focus_on_the_sampling_levels():
     objective = FlowMatchingObjective(coupling="exact_ot")  # would re-pair independent noise
     x0, noise = torch.randn(64, 1, 8, 8), torch.randn(64, 1, 8, 8)
-    prepare = CoupledPrepareBatch(objective, image_key="sample", focus_levels=(1.0, 0.5), focus_share=0.5, seed=0)
+    prepare = CoupledPrepareBatch(objective, image_key="sample", focus_steps=(1, 2), focus_share=0.5, seed=0)
     x_t, target, _, conditions = prepare({"sample": x0, "noise": noise})
     torch.testing.assert_close(target, x0 - noise)  # u = x - z of each sample's own noise
     t = 1 - conditions["timesteps"] / objective.time_scale
     torch.testing.assert_close(x_t, t.view(-1, 1, 1, 1) * x0 + (1 - t.view(-1, 1, 1, 1)) * noise)
     focused = ((t - 0.0).abs() < 1e-6) | ((t - 0.5).abs() < 1e-6)
     assert 0.3 < focused.float().mean() < 0.7
+    ddpm = CoupledPrepareBatch(ddpm_objective(), image_key="sample", focus_share=1.0, seed=0)
+    assert set(ddpm({"sample": x0, "noise": noise})[3]["timesteps"].tolist()) == {999, 499}  # the trailing 1- and 2-step grid
     plain = CoupledPrepareBatch(objective, image_key="sample", focus_share=0.0, seed=0)
     t_plain = 1 - plain({"sample": x0, "noise": noise})[3]["timesteps"] / objective.time_scale
     assert (((t_plain - 0.5).abs() < 1e-6) | (t_plain.abs() < 1e-6)).sum() == 0

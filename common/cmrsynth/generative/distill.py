@@ -46,11 +46,13 @@ from cmrsynth.generative.training import ObjectivePrepareBatch, plain_tensor
 DETERMINISTIC_SAMPLERS = ("ddim", "euler", "midpoint", "heun", "rk4", "dopri5")
 
 
-def _conditions(source, count: int, mask_key: str | None, class_key: str | None) -> tuple[list, list]:
-    """Masks (integer label maps) and classes of ``count`` items of ``source``, cycling through it."""
+def _conditions(source, count: int, mask_key: str | None, class_key: str | None, seed: int) -> tuple[list, list]:
+    """Masks (integer label maps) and classes of ``count`` items of ``source``: every item in turn, in an order
+    shuffled with ``seed`` (a datalist is stored patient by patient)."""
+    order = torch.randperm(len(source), generator=torch.Generator().manual_seed(seed))
     masks, classes = [], []
     for i in range(count):
-        item = source[i % len(source)]
+        item = source[int(order[i % len(source)])]
         if mask_key is not None:  # one-hot (C, H, W), as the bundles' training transforms give it
             masks.append(plain_tensor(item[mask_key]).argmax(0).to(torch.uint8))
         if class_key is not None:
@@ -58,40 +60,61 @@ def _conditions(source, count: int, mask_key: str | None, class_key: str | None)
     return masks, classes
 
 
+def _check_settings(path: Path, recorded: dict, settings: dict) -> None:
+    differ = {k: (recorded.get(k), v) for k, v in settings.items() if recorded.get(k) != v}
+    if differ:
+        listed = ", ".join(f"{k}: {a!r} in the file, {b!r} now" for k, (a, b) in differ.items())
+        raise CMRDataError(path, f"couplings were drawn with other settings ({listed}); use the same settings or delete the file")
+
+
 @torch.no_grad()
 def teacher_pairs(generator: Generator, teacher: str | Path, path: str | Path, source=None, num_pairs: int = 2048,
                   mask_key: str | None = None, class_key: str | None = None, sampler: str | None = None,
                   num_inference_steps: int | None = 50, batch_size: int = 32, seed: int = 0, mask_channels: int = 4,
-                  save_every: int = 8) -> Path:
-    """Draw ``num_pairs`` (noise, sample) couplings from the teacher's deterministic sampler and write them to ``path``.
+                  validation_source=None, validation_pairs: int = 0, save_every: int = 8) -> Path:
+    """Draw (noise, sample) couplings from the teacher's deterministic sampler and write them to ``path``.
 
     The teacher is the generator's architecture with the weights of ``teacher`` (a ``best_ema.pt`` or training
-    checkpoint); the generator itself is left untouched. Conditions (masks, classes) cycle through ``source``, a
-    dataset of training items (the data the teacher learnt from; nothing new is read). A finished file is kept; an
-    unfinished one (``<path>.partial``, written every ``save_every`` batches with the random state) is continued, so
-    a rerun after a crash loses at most those batches.
+    checkpoint); the generator itself is left untouched. ``num_pairs`` couplings take their conditions (masks,
+    classes) from ``source``, the training items (the data the teacher learnt from), and ``validation_pairs`` more
+    from ``validation_source``, the validation patients' items, so the student's checkpoint is chosen on conditions it
+    never trained on. A finished file is kept when its settings match, refused (one line) when they do not; an
+    unfinished one (``<path>.partial``, written every ``save_every`` batches with the random state) is continued, so a
+    rerun after a crash loses at most those batches.
 
     Returns:
         ``path``: a torch file with ``noise`` and ``sample`` (float16, the objective's space), ``mask`` (uint8 label
-        maps) or ``class`` where the generator is conditioned on them, and the sampler settings used.
+        maps) or ``class`` where the generator is conditioned on them, ``validation_start`` (the first validation
+        coupling) and the settings used. The masks are training patients' masks: the file is private, never released.
     """
     path = Path(path)
-    if path.is_file():
-        return path
     sampler = sampler or generator.sampler
+    settings = {"teacher": Path(teacher).name, "num_pairs": num_pairs, "validation_pairs": validation_pairs, "sampler": sampler,
+                "num_inference_steps": num_inference_steps, "seed": seed}
+    if path.is_file():
+        _check_settings(path, torch.load(path, weights_only=True).get("settings", {}), settings)
+        return path
     if sampler not in DETERMINISTIC_SAMPLERS:
         raise ValueError(f"reflow needs a deterministic teacher sampler, got {sampler!r}; allowed: {list(DETERMINISTIC_SAMPLERS)}")
-    if source is None or len(source) == 0:
-        raise CMRDataError(path, "no training items to draw the teacher's conditions from")
+    if source is None or len(source) == 0 or (validation_pairs and not validation_source):
+        raise CMRDataError(path, "no training (or validation) items to draw the teacher's conditions from")
     model = copy.deepcopy(generator).load_checkpoint(teacher).eval()
-    masks, classes = _conditions(source, num_pairs, mask_key, class_key)
+    masks, classes = _conditions(source, num_pairs, mask_key, class_key, seed)
+    if validation_pairs:
+        more = _conditions(validation_source, validation_pairs, mask_key, class_key, seed)
+        masks, classes = masks + more[0], classes + more[1]
+    total = num_pairs + validation_pairs
     partial = path.with_name(path.name + ".partial")
-    done = torch.load(partial, weights_only=True) if partial.is_file() else {"noise": [], "sample": [], "rng": None, "nfe": 0}
+    done = {"noise": [], "sample": [], "rng": None, "nfe": 0, "settings": settings}
+    if partial.is_file():
+        done = torch.load(partial, weights_only=True)
+        _check_settings(partial, done["settings"], settings)
     rng = torch.Generator().manual_seed(seed)
     if done["rng"] is not None:
         rng.set_state(done["rng"])
-    for batch, start in enumerate(range(len(torch.cat(done["noise"])) if done["noise"] else 0, num_pairs, batch_size)):
-        stop = min(start + batch_size, num_pairs)
+    first = sum(len(z) for z in done["noise"])
+    for batch, start in enumerate(range(first, total, batch_size)):
+        stop = min(start + batch_size, total)
         mask = (F.one_hot(torch.stack(masks[start:stop]).long(), mask_channels).permute(0, 3, 1, 2).float().to(model.device)
                 if masks else None)
         labels = torch.tensor(classes[start:stop], device=model.device) if classes else None
@@ -99,11 +122,12 @@ def teacher_pairs(generator: Generator, teacher: str | Path, path: str | Path, s
                                                 num_inference_steps=num_inference_steps, generator=rng)
         done["noise"].append(z.half().cpu())
         done["sample"].append(x.half().cpu())
-        if (batch + 1) % save_every == 0 and stop < num_pairs:
+        if (batch + 1) % save_every == 0 and stop < total:
             save_torch_atomic({**done, "rng": rng.get_state()}, partial)
-        logging.getLogger(__name__).info(f"teacher couplings: {stop}/{num_pairs}")
-    pairs = {"noise": torch.cat(done["noise"]), "sample": torch.cat(done["sample"]),
-             "sampler": {**model.settings(sampler, num_inference_steps), "nfe": done["nfe"], "teacher": str(teacher)}}
+        logging.getLogger(__name__).info(f"teacher couplings: {stop}/{total}")
+    pairs = {"noise": torch.cat(done["noise"]), "sample": torch.cat(done["sample"]), "settings": settings,
+             "validation_start": num_pairs if validation_pairs else None,
+             "sampler": {**model.settings(sampler, num_inference_steps), "nfe": done["nfe"]}}
     if masks:
         pairs["mask"] = torch.stack(masks)
     if classes:
@@ -115,12 +139,13 @@ def teacher_pairs(generator: Generator, teacher: str | Path, path: str | Path, s
 
 class TeacherPairs(Dataset):
     """The couplings of ``teacher_pairs`` as training items: ``noise``, ``sample``, and ``label`` (one-hot mask) and
-    ``class`` where present. The last ``validation_share`` of the pairs are the validation part.
+    ``class`` where present. The validation part is the couplings drawn on validation conditions; a file without
+    them holds out its last ``validation_share``.
 
     Args:
         path: the couplings file.
         part: ``training`` or ``validation``.
-        validation_share: share of the pairs held out for validation (the choice of ``best_ema.pt``).
+        validation_share: share held out when the file has no validation couplings.
         mask_channels: one-hot channels of a mask.
     """
 
@@ -129,7 +154,7 @@ class TeacherPairs(Dataset):
             raise ValueError(f"part must be 'training' or 'validation', got {part!r}")
         self.pairs = torch.load(path, map_location="cpu", weights_only=True)
         n = len(self.pairs["noise"])
-        cut = n - max(1, round(n * validation_share))
+        cut = self.pairs.get("validation_start") or n - max(1, round(n * validation_share))
         self.indices = range(cut) if part == "training" else range(cut, n)
         self.mask_channels = mask_channels
 
@@ -150,39 +175,40 @@ class CoupledPrepareBatch(ObjectivePrepareBatch):
     """Training batches of a reflow student: each sample (already in the objective's space) is noised with the
     noise the teacher drew it from, never re-paired.
 
-    A few-step sampler evaluates the student only at a few noise levels (1 step: level 1, pure noise; 2 trailing
-    steps: levels 1 and 0.5), so a share of each batch is trained exactly there and the rest at the objective's
-    usual times, which keep the whole path (and longer samplers) intact.
+    A few-step sampler evaluates the student at a few times only (1 step: pure noise; 2 steps: also half way, on the
+    trailing grid of a DDPM objective), so a share of each batch is trained exactly there and the rest at the
+    objective's usual times, which keep the whole path (and longer samplers) intact. Students are sampled without
+    guidance: guidance the teacher sampled with is in its couplings.
 
     Args:
         noise_key: batch key of the teacher noise.
-        focus_levels: noise levels (0 clean, 1 pure noise) the student's sampler evaluates.
-        focus_share: share of samples trained at one of ``focus_levels`` (0: the objective's times only).
+        focus_steps: step counts whose sampling times are trained on (``Objective.time_grid(n, spacing="trailing")``).
+        focus_share: share of samples trained at those times (0: the objective's times only).
         other arguments: as ``ObjectivePrepareBatch`` (no codec: the couplings are stored encoded).
     """
 
-    def __init__(self, *args, noise_key: str = "noise", focus_levels: tuple[float, ...] = (1.0, 0.5),
-                 focus_share: float = 0.5, **kwargs):
+    def __init__(self, *args, noise_key: str = "noise", focus_steps: tuple[int, ...] = (1, 2), focus_share: float = 0.5,
+                 **kwargs):
         if not 0.0 <= focus_share <= 1.0:
             raise ValueError(f"focus_share must be in [0, 1], got {focus_share}")
         super().__init__(*args, **kwargs)
-        self.noise_key, self._noise = noise_key, None
-        self.focus_levels, self.focus_share = tuple(focus_levels), float(focus_share)
+        self.noise_key, self._noise, self.focus_share = noise_key, None, float(focus_share)
+        grids = [self.objective.time_grid(n, spacing="trailing")[:-1] for n in focus_steps]
+        self.focus_times = torch.unique(torch.cat(grids)) if grids else None
 
     def get_noise(self, x0: torch.Tensor) -> torch.Tensor:
         """The batch's own teacher noise."""
         return self._noise
 
     def get_timesteps(self, x0: torch.Tensor) -> torch.Tensor:
-        """The objective's times, a ``focus_share`` of them moved to one of ``focus_levels``."""
+        """The objective's times, a ``focus_share`` of them moved to one of the focus times."""
         t = super().get_timesteps(x0)
-        if not self.focus_levels or self.focus_share == 0:
+        if self.focus_times is None or self.focus_share == 0:
             return t
         n = x0.shape[0]
         focused = torch.rand(n, generator=self.generator) < self.focus_share
-        which = torch.randint(len(self.focus_levels), (n,), generator=self.generator)
-        levels = torch.cat([self.objective.time_at_level(level, 1) for level in self.focus_levels])
-        return torch.where(focused.to(t.device), levels[which].to(t), t)
+        which = torch.randint(len(self.focus_times), (n,), generator=self.generator)
+        return torch.where(focused.to(t.device), self.focus_times[which].to(t), t)
 
     def couple(self, noise: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
         """Keep the teacher's coupling (an exact-OT objective would re-pair it)."""

@@ -87,8 +87,9 @@ class Objective:
         """(alpha(t), sigma(t)) of the path, each (B,)."""
         raise NotImplementedError
 
-    def time_grid(self, steps: int | None, device=None) -> torch.Tensor:
-        """Times from noise to data for a sampler of ``steps`` steps (None: the objective's default)."""
+    def time_grid(self, steps: int | None, device=None, spacing: str | None = None) -> torch.Tensor:
+        """Times from noise to data for a sampler of ``steps`` steps (None: the objective's default); ``spacing``
+        overrides a discrete objective's timestep spacing."""
         raise NotImplementedError
 
     def time_at_level(self, level: float, n: int, device=None) -> torch.Tensor:
@@ -196,8 +197,8 @@ class DiffusionObjective(Objective):
         abar = self._abar(t)
         return abar.sqrt(), (1 - abar).sqrt()
 
-    def time_grid(self, steps, device=None):
-        """``steps`` timesteps from T - 1 down, spaced by ``timestep_spacing`` (rounded), then -1 (clean).
+    def time_grid(self, steps, device=None, spacing=None):
+        """``steps`` timesteps from T - 1 down, spaced by ``spacing`` or ``timestep_spacing`` (rounded), then -1 (clean).
 
         Each step goes from one grid time to the next. (MONAI's DDIMScheduler instead steps to t - T // steps
         while evaluating the next call at the rounded grid time, up to one timestep apart.)
@@ -206,7 +207,7 @@ class DiffusionObjective(Objective):
         steps = T if steps is None else int(steps)
         if not 1 <= steps <= T:
             raise ValueError(f"steps must be in [1, {T}] for this objective, got {steps}")
-        if self.timestep_spacing == "trailing":
+        if (spacing or self.timestep_spacing) == "trailing":
             grid = (T - torch.arange(steps) * (T / steps)).round().long() - 1
         else:
             grid = torch.linspace(T - 1, 0, steps).round().long()
@@ -292,8 +293,8 @@ class FlowMatchingObjective(Objective):
         t = t.float()
         return t, 1 - t
 
-    def time_grid(self, steps, device=None):
-        """``steps`` equal steps from t = 0 (noise) to t = 1 (data)."""
+    def time_grid(self, steps, device=None, spacing=None):
+        """``steps`` equal steps from t = 0 (noise) to t = 1 (data) (continuous time: no spacing to choose)."""
         steps = 10 if steps is None else int(steps)
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
