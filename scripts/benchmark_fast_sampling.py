@@ -68,7 +68,7 @@ class Setting:
 
 SETTINGS = {
     "teacher_ddim50": Setting("teachers, DDIM-50 (the default today)", "teachers", 50),
-    "teacher_ddim10": Setting("teachers, DDIM-10", "teachers", 10),
+    "teacher_ddim10": Setting("teachers, DDIM-10", "teachers", 10, segmenter=False),
     "teacher_ddim1": Setting("teachers, DDIM-1 (no distillation; sanity)", "teachers", 1, segmenter=False),
     "student_2": Setting("reflow students, 2 steps", "students", 2, "trailing"),
     "student_1": Setting("reflow students, 1 step", "students", 1, "trailing"),
