@@ -326,9 +326,14 @@ def aims(result: dict) -> list[str]:
     return lines
 
 
+def _ordered(rows: dict) -> dict:
+    """Rows in the order of ``SETTINGS`` (the JSON keeps the order they were measured in)."""
+    return {k: rows[k] for k in SETTINGS if k in rows}
+
+
 def tables(result: dict) -> str:
     """Markdown: the settings side by side, where the time goes, the paper's recipe, the students' audits."""
-    rows, timing, paper = result.get("settings", {}), result.get("timing", {}), result.get("paper_recipe", {})
+    rows, timing, paper = _ordered(result.get("settings", {})), result.get("timing", {}), result.get("paper_recipe", {})
     out = ["| setting | NFE mask + image | GFLOP per pair (x fewer than the paper) | pairs / s, batch 64 / 256 | "
            "mask plausibility (drawn) | shape W1 to real test: LV area mm² / myo thickness mm | mask diversity (pairwise Dice, "
            "real test {:.3f}) | faithfulness Dice LV / MYO / RV | FD x100 / KID x10^4 | synthetic-only Dice LV / MYO / RV "
@@ -399,7 +404,7 @@ def figure(result: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows, timing = result.get("settings", {}), result.get("timing", {})
+    rows, timing = _ordered(result.get("settings", {})), result.get("timing", {})
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for key, r in rows.items():
         t = timing.get(f"{key}/batch64")

@@ -289,7 +289,9 @@ def sample_pairs(
             if drawn >= max_draws:
                 raise CMRDataError(Path(out_dir), f"only {len(entries)} plausible masks in {drawn} draws; the mask generator "
                                                   "is not trained well enough for sample_pairs (raise max_draws to insist)")
-            chunk = [cells[(drawn + i) % len(cells)] for i in range(batch_size)]
+            wanted = num_pairs - len(entries)  # the last round draws what is missing (and a margin), not a whole batch
+            size = min(batch_size, max(network_batch, wanted + wanted // 4))
+            chunk = [cells[(drawn + i) % len(cells)] for i in range(size)]
             drawn += len(chunk)
             with _timed(seconds, "mask_network"):
                 labels = torch.tensor([c["class"] for c in chunk], device=device) if mask_generator.classes.groups else None
