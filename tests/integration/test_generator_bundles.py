@@ -161,7 +161,8 @@ def test_ldm_cmr_autoencoder_then_diffusion_then_inference_and_audit(prepared, t
 
     student = tmp_path / "ldm_student"  # a reflow student keeps the teacher's autoencoder and latent scale
     run_bundle(LATENT, [*stage2, "distill.yaml"], student, {**tiny, "dataset_dir": str(prepared), "max_epochs": 1, "num_pairs": 8,
-                                                            "pair_steps": 2, "teacher": str(ldm / "models" / "best_ema.pt")})
+                                                            "validation_pairs": 4, "pair_steps": 2,
+                                                            "teacher": str(ldm / "models" / "best_ema.pt")})
     taught = torch.load(student / "models" / "best_ema.pt", weights_only=True)["codec"]
     assert torch.equal(taught["scale_factor"], state["codec"]["scale_factor"])
     run_bundle(LATENT, INFER, student, {**tiny, "mask_datalist": str(prepared / "datalist.json"), "mask_key": "test",
@@ -250,7 +251,7 @@ DISTILL = ["common.yaml", "train.yaml", "distill.yaml"]
 
 def _student(bundle, teacher, root, prepared, **kw):
     run_bundle(bundle, DISTILL, root, _tiny(**{"dataset_dir": str(prepared), "teacher": str(teacher / "models" / "best_ema.pt"),
-                                              "num_pairs": 12, "pair_steps": 3, "max_epochs": 1, **kw}))
+                                              "num_pairs": 12, "validation_pairs": 4, "pair_steps": 3, "max_epochs": 1, **kw}))
     return root
 
 
@@ -263,8 +264,9 @@ def test_reflow_students_draw_the_chain_in_one_step_each(prepared, tmp_path):
     mask_student = _student(MASKS, teachers["mg"], tmp_path / "mg_student", prepared)
     image_student = _student(IMAGES, teachers["dd"], tmp_path / "dd_student", prepared)
     pairs = torch.load(image_student / "pairs" / "teacher_pairs.pt", weights_only=True)
-    assert pairs["noise"].shape == (12, 1, 32, 32) and pairs["mask"].shape == (12, 32, 32) and pairs["sampler"]["nfe"] == 3
-    assert torch.load(mask_student / "pairs" / "teacher_pairs.pt", weights_only=True)["class"].shape == (12,)
+    assert pairs["noise"].shape == (16, 1, 32, 32) and pairs["mask"].shape == (16, 32, 32) and pairs["sampler"]["nfe"] == 3
+    assert pairs["validation_start"] == 12  # the last 4 drawn on the validation patients' masks
+    assert torch.load(mask_student / "pairs" / "teacher_pairs.pt", weights_only=True)["class"].shape == (16,)
     written = (image_student / "pairs" / "teacher_pairs.pt").stat().st_mtime_ns
     _student(IMAGES, teachers["dd"], image_student, prepared, max_epochs=2)  # resumes: the couplings are kept
     assert (image_student / "pairs" / "teacher_pairs.pt").stat().st_mtime_ns == written
