@@ -192,8 +192,7 @@ def generate_images(
     t0 = time.perf_counter()
     images, nfe = [], []
     for sl in _batches(len(entries), batch_size):
-        m = torch.from_numpy(np.stack(masks[sl]))
-        onehot = F.one_hot(m, NUM_CLASSES).permute(0, 3, 1, 2).float().to(device)
+        onehot = _one_hot(masks[sl], device)
         x, used = generator.sample(mask=onehot, class_labels=generator.classes.labels(entries[sl], device), sampler=sampler,
                                    num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, generator=rng)
         images.extend(x[:, 0].clamp(-1, 1).cpu().numpy())
@@ -273,8 +272,8 @@ def sample_pairs(
 
     Returns:
         summary: pairs, pairs per second (drawing, cleaning and writing the pairs; not the datalist and figure written
-        after them), seconds per part (mask
-        network, mask cleaning, image network, writing), plausibility of the drawn masks, each stage's settings and NFE.
+        after them), seconds per part (mask network, mask cleaning, image network, writing), plausibility of the drawn
+        masks, each stage's settings and NFE.
     """
     if num_pairs < 1:
         raise ValueError(f"num_pairs must be >= 1, got {num_pairs}")
