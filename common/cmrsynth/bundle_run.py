@@ -41,6 +41,7 @@ def run_bundle(
     extra_args: list[str] | None = None,
     env: dict | None = None,
     timeout: float | None = None,
+    cwd: str | Path | None = None,
 ) -> float:
     """Run ``python -m monai.bundle run`` with the bundle's configs and overrides; return the wall time (s).
 
@@ -53,6 +54,7 @@ def run_bundle(
         extra_args: more command-line words (e.g. ["--tracking", "mlflow"]).
         env: extra environment variables.
         timeout: seconds before the run is killed.
+        cwd: the folder it runs in (MLflow's default artifact folder ./mlruns lands there).
 
     Raises:
         RuntimeError: the run failed; the message holds the tail of its output.
@@ -66,10 +68,10 @@ def run_bundle(
     if log is not None:
         Path(log).parent.mkdir(parents=True, exist_ok=True)
         with open(log, "a") as f:
-            proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=full_env, timeout=timeout)
+            proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=full_env, timeout=timeout, cwd=cwd)
         tail = Path(log).read_text()[-3000:] if proc.returncode else ""
     else:
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=timeout)
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=timeout, cwd=cwd)
         tail = (proc.stdout + proc.stderr)[-3000:]
     if proc.returncode != 0:
         raise RuntimeError(f"bundle run failed ({' '.join(cmd)}):\n{tail}")

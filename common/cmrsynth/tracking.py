@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 
@@ -68,6 +68,30 @@ class Tracker:
         """Attach a file (PNG, JSON, ...) to the run."""
         self._mlflow.log_artifact(str(path), artifact_path=folder)
 
+    @contextlib.contextmanager
+    def child(self, name: str, params: Mapping | None = None) -> Iterator[Tracker]:
+        """A nested run under this one (a pipeline stage); it ends FAILED if the block raises."""
+        with self._mlflow.start_run(run_name=name, nested=True) as run:
+            tracker = Tracker(self._mlflow, run)
+            if params:
+                tracker.log_params(params)
+            yield tracker
+
+
+def create_experiments(run_dir: str | Path, names: Sequence[str], uri: str | None = None) -> str:
+    """Create MLflow experiments that do not exist yet, their artifacts under ``run_dir/mlartifacts`` for a local
+    store (MLflow's default for a SQLite store is ``./mlruns`` of whatever folder a process runs in). Creating the
+    bundles' experiments before they run keeps one run folder's artifacts in one place. Returns the store's URI."""
+    import mlflow
+
+    uri = tracking_uri(run_dir, uri)
+    mlflow.set_tracking_uri(uri)
+    for name in names:
+        if mlflow.get_experiment_by_name(name) is None:
+            location = (Path(run_dir).absolute() / "mlartifacts").as_uri() if uri.startswith("sqlite:") else None
+            mlflow.create_experiment(name, artifact_location=location)
+    return uri
+
 
 @contextlib.contextmanager
 def tracked_run(
@@ -81,12 +105,7 @@ def tracked_run(
     import mlflow
 
     uri = tracking_uri(run_dir, uri)
-    mlflow.set_tracking_uri(uri)
-    if mlflow.get_experiment_by_name(experiment) is None:
-        location = None
-        if uri.startswith("sqlite:"):
-            location = (Path(run_dir).absolute() / "mlartifacts").as_uri()
-        mlflow.create_experiment(experiment, artifact_location=location)
+    create_experiments(run_dir, [experiment], uri)
     mlflow.set_experiment(experiment)
     with mlflow.start_run(run_name=run_name) as run:
         tracker = Tracker(mlflow, run)

@@ -8,55 +8,137 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""The main job, run as a user runs it."""
+"""The one-command pipeline, run as a user runs it (``cmr-synth run``), on a cohort outside the run folder."""
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 
 import pytest
 
+from tests import browser
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.integration
+ENV = {**os.environ, "MLFLOW_TRACKING_URI": "", "OMP_NUM_THREADS": "2"}
 
 
-def test_main_job_on_phantom_data(tmp_path):
-    from mlflow.tracking import MlflowClient
-
-    out = tmp_path / "demo"
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "run_pipeline.py"), "--out", str(out), "--n-per-group", "1", "--size", "32",
-         "--train-minutes", "0.1", "--ddim-steps", "2"],
-        capture_output=True, text=True, timeout=900, env={**__import__("os").environ, "MLFLOW_TRACKING_URI": ""},
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert "prepared slices:" in proc.stdout and "duplicate subjects: none found" in proc.stdout
-    assert (out / "prepared" / "datalist.json").is_file()
-    assert (out / "prepared_slices.png").read_bytes()[:4] == b"\x89PNG"
-    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
-    [exp] = [e for e in client.search_experiments() if e.name == "cmr-synth-pipeline"]
-    [run] = client.search_runs([exp.experiment_id])
-    assert run.info.status == "FINISHED" and run.data.metrics["patients"] == 5.0
-    assert run.data.metrics["synthetic_images"] == 30.0  # 1 mask per (group, phase, position), all kept, one image each
-    bundle_experiments = {e.name for e in client.search_experiments()}
-    assert {"mask_generator", "ddpm_cmr"} <= bundle_experiments, "the bundles' training is tracked in the same store"
-    images = json.loads((out / "ddpm_cmr" / "eval" / "images" / "datalist.json").read_text())["training"]
-    assert len(images) == 30 and (out / "ddpm_cmr" / "eval" / "images" / images[0]["image"]).is_file()
-    assert {"seg_utility", "privacy_audit"} <= bundle_experiments
-    assert {"dice_lv_ed_real", "dice_lv_ed_real_synthetic", "fd_seg", "membership_auc_loss_t100"} <= set(run.data.metrics)
-    report = (out / "privacy_audit" / "eval" / "audit" / "audit.md").read_text()
-    assert "| loss_t100 |" in report and "encoder-feature space" in report
-    assert "segmenter trained on real_synthetic" in proc.stdout
+def _cli() -> list[str]:
+    exe = shutil.which("cmr-synth")
+    return [exe] if exe else [sys.executable, "-m", "cmrsynth.cli"]
 
 
-def test_main_job_refuses_to_clobber(tmp_path):
-    out = tmp_path / "demo"
-    (out / "prepared").mkdir(parents=True)
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "run_pipeline.py"), "--out", str(out), "--n-per-group", "1", "--size", "32"],
-        capture_output=True, text=True, timeout=600, env={**__import__("os").environ, "MLFLOW_TRACKING_URI": ""},
-    )
-    assert proc.returncode == 2 and "output folder exists" in proc.stderr
+def _run(args, **kw):
+    return subprocess.run([*_cli(), "run", *args], capture_output=True, text=True, env=ENV, timeout=1500, **kw)
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(phantom_cohort_master, tmp_path_factory):
+    out = tmp_path_factory.mktemp("pipeline") / "run"
+    args = ["--input", str(phantom_cohort_master), "--reader", "acdc", "--preset", "smoke", "--generators", "ddpm_cmr", "ldm_cmr",
+            "--out", str(out)]
+    first = _run(args, cwd=tmp_path_factory.mktemp("cwd"))
+    return out, args, first
+
+
+def test_the_pipeline_runs_every_stage_and_says_where_things_are(pipeline_run):
+    out, _, proc = pipeline_run
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    stages = [line for line in lines if line.startswith("[")]
+    assert stages[0].split()[-3:] == ["s", "->", "prepared"] or "prepare" in stages[0]
+    assert len(stages) == int(stages[0].split("/")[1].split("]")[0]), "one line per stage, numbered out of the total"
+    assert any("ldm_cmr.train.autoencoder" in s for s in stages) and any("audit.mask_generator" in s for s in stages)
+    assert f"report: {out / 'report' / 'report.html'}" in proc.stdout
+    assert f"released dataset (ldm_cmr): {out / 'release' / 'ldm_cmr'}" in proc.stdout
+    assert f"MLflow store: {out / 'mlflow.db'}" in proc.stdout
+    facts = json.loads((out / "report" / "report.json").read_text())
+    assert [r["generator"] for r in facts["comparison"]] == ["ddpm_cmr", "ldm_cmr"]
+    nnunet = out / "release" / "ddpm_cmr" / "nnUNet_raw" / "Dataset501_CMRSynth"
+    assert json.loads((nnunet / "dataset.json").read_text())["numTraining"] == len(list((nnunet / "imagesTr").iterdir()))
+
+
+def test_a_rerun_skips_every_stage_done_with_the_same_inputs(pipeline_run):
+    out, args, _ = pipeline_run
+    again = _run(args)
+    assert again.returncode == 0, again.stderr[-2000:]
+    stages = [line for line in again.stdout.splitlines() if line.startswith("[")]
+    assert stages and all("up to date, skipped" in s for s in stages)
+
+
+def test_one_mlflow_store_one_parent_run_and_a_child_run_per_stage(pipeline_run):
+    import mlflow
+
+    out, _, _ = pipeline_run
+    mlflow.set_tracking_uri(f"sqlite:///{out / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["cmr-synth-pipeline"])  # needs pandas: installed
+    parents = runs[runs["tags.mlflow.parentRunId"].isna()]
+    children = runs[runs["tags.mlflow.parentRunId"].notna()]
+    assert len(parents) == 2, "the first run and the rerun"
+    first = parents.sort_values("start_time").iloc[0]
+    assert (children["tags.mlflow.parentRunId"] == first["run_id"]).sum() == len(list((out / "stages").glob("*.json")))
+    client = mlflow.MlflowClient()
+    for exp in client.search_experiments():
+        if exp.name != "Default":
+            assert exp.artifact_location.startswith((out / "mlartifacts").as_uri()), exp.name
+    assert {"ddpm_cmr", "ldm_cmr", "mask_generator", "seg_utility", "privacy_audit"} <= {e.name for e in client.search_experiments()}
+    assert not list(REPO.glob("bundles/*/mlruns")) and not list(REPO.glob("bundles/*/models"))
+
+
+def test_nothing_identifying_is_released_or_logged(pipeline_run, phantom_cohort_master):
+    import mlflow
+
+    out, _, _ = pipeline_run
+    prepared = json.loads((out / "prepared" / "datalist.json").read_text())
+    ids = {e["patient"] for section in ("training", "validation", "test") for e in prepared[section]}
+    secrets = [*ids, str(phantom_cohort_master), phantom_cohort_master.name + "/patient"]
+    for f in (out / "release").rglob("*"):
+        if f.is_file():
+            data = f.read_bytes()
+            blob = data if not f.name.endswith(".gz") else __import__("gzip").decompress(data)
+            for s in secrets:
+                assert s.encode() not in blob, f"{s} in {f}"
+    mlflow.set_tracking_uri(f"sqlite:///{out / 'mlflow.db'}")
+    client = mlflow.MlflowClient()
+    for exp in client.search_experiments():
+        for run in client.search_runs([exp.experiment_id]):
+            text = json.dumps(run.data.params)
+            for s in secrets:
+                assert s not in text, f"{s} in the params of {exp.name} run {run.info.run_name}"
+
+
+@pytest.mark.skipif(browser.CHROMIUM is None, reason="Debian's chromium is not installed")
+def test_the_report_renders_in_headless_chromium(pipeline_run, tmp_path):
+    out, _, _ = pipeline_run
+    seen = browser.render(out / "report" / "report.html", tmp_path)
+    assert seen["broken"] == [] and seen["errors"] == [] and seen["images"] >= 5 and seen["tables"] >= 3
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--generators", "gan_cmr"], "unknown generator(s) ['gan_cmr']; allowed: ['ddpm_cmr', 'fm_cmr', 'ldm_cmr']"),
+    (["--preset", "huge"], "unknown preset 'huge'"),
+    (["--reader", "mnms2"], "no patients (expected <id>_SA_ED.nii.gz as in M&Ms-2)"),
+])
+def test_bad_requests_end_with_one_line_and_write_nothing(phantom_cohort_master, tmp_path, args, message):
+    out = tmp_path / "run"
+    base = ["--input", str(phantom_cohort_master), "--preset", "smoke", "--out", str(out)]
+    proc = _run([*base, *args])
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: "), proc.stderr
+    assert message in proc.stderr
+    assert not out.exists()
+
+
+def test_a_cohort_too_small_for_the_preset_is_refused_before_training(phantom_cohort_master, tmp_path):
+    out = tmp_path / "run"
+    proc = _run(["--input", str(phantom_cohort_master), "--preset", "demo", "--out", str(out)])
+    assert proc.returncode == 2 and "preset 'demo' needs at least" in proc.stderr, proc.stderr
+    assert not (out / "mask_generator").exists()
+
+
+def test_an_output_inside_the_cohort_is_refused(phantom_cohort, tmp_path):
+    proc = _run(["--input", str(phantom_cohort), "--preset", "smoke", "--out", str(phantom_cohort / "run")])
+    assert proc.returncode == 2 and "inputs are never written" in proc.stderr

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from cmrsynth.errors import CMRDataError
 from cmrsynth.generative.codecs import IdentityCodec, load_module_weights
@@ -204,6 +205,22 @@ class Generator:
         z = get_sampler(sampler)(model, noise, times, callback=callback, generator=generator, **options)
         return noise, z, model.nfe
 
+    def example_inputs(self, batch: int = 1, fill=torch.randn, generator: torch.Generator | None = None):
+        """Inputs of one network evaluation: (x_t in latent shape, times at noise level 0.5 (1.0 for ``zeros``),
+        the one-hot mask or None, class labels or None), on the generator's device."""
+        from cmrsynth.labels import NUM_CLASSES
+
+        device, size = self.device, (self.image_size, self.image_size)
+        shape = (batch, *self.codec.latent_shape((self.data_channels, *size)))
+        z = (fill(shape) if generator is None else fill(shape, generator=generator)).to(device)
+        mask = None
+        if getattr(self.denoiser, "mask_mode", "none") != "none":
+            mask = F.one_hot(torch.randint(0, NUM_CLASSES, (batch, *size), generator=generator), NUM_CLASSES)
+            mask = mask.permute(0, 3, 1, 2).float().to(device)
+        labels = torch.zeros(batch, dtype=torch.long, device=device) if self.classes.groups else None
+        level = 1.0 if fill is torch.zeros else 0.5
+        return z, self.objective.time_at_level(level, batch, device), mask, labels
+
     @torch.no_grad()
     def flops_per_sample(self, nfe: int, guidance_scale: float | None = None) -> int:
         """Floating-point operations of one sample drawn with ``nfe`` network evaluations, decoding included, counted
@@ -211,16 +228,11 @@ class Generator:
         evaluation of a sampler costs the same, and a guided one counts both passes."""
         from torch.utils.flop_counter import FlopCounterMode
 
-        from cmrsynth.labels import NUM_CLASSES
-
-        device, size = self.device, (self.image_size, self.image_size)
-        z = torch.zeros((1, *self.codec.latent_shape((self.data_channels, *size))), device=device)
-        mask = torch.zeros((1, NUM_CLASSES, *size), device=device) if getattr(self.denoiser, "mask_mode", "none") != "none" else None
-        labels = torch.zeros(1, dtype=torch.long, device=device) if self.classes.groups else None
+        z, t, mask, labels = self.example_inputs(1, torch.zeros)
         w = self.settings(guidance_scale=guidance_scale)["guidance_scale"]
         model = self.bind(mask, labels, w)
         with FlopCounterMode(display=False) as evaluation:
-            model.output(z, self.objective.time_at_level(1.0, 1, device))
+            model.output(z, t)
         with FlopCounterMode(display=False) as decoding:
             self.codec.decode(z)
         return nfe * evaluation.get_total_flops() + decoding.get_total_flops()

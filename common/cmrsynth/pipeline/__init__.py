@@ -1,0 +1,12 @@
+# Copyright (c) cmr-synth contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""The one-command pipeline (``cmr-synth run``): presets and the generator registry (``presets``), resumable stages
+(``stages``), the run itself (``run``), the report card (``card``) and the release export (``release``)."""

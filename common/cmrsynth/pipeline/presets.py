@@ -1,0 +1,99 @@
+# Copyright (c) cmr-synth contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""What the pipeline runs: its presets (budgets) and the generators it can compare (a registry: one entry each).
+
+A preset fixes step counts, not minutes, so a busy machine changes the wall time, not the result. ``demo`` fine-tunes
+the phantom-trained weights shipped in ``zoo/phantom`` (public by construction, hash-verified when installed) for a
+few hundred steps; ``cpu64`` trains every network from scratch at the bundles' benchmark budgets; ``paper128`` is the
+reference resolution for a GPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from cmrsynth.errors import CMRDataError
+
+
+@dataclass(frozen=True)
+class TrainStep:
+    """One training command of a generator bundle: its config files after common.yaml and its step budget."""
+
+    configs: tuple[str, ...]
+    budget: str  # the preset's epochs entry that sets its length ("mask", "image", "autoencoder", "latent")
+    from_zoo: str | None = "models/best_ema.pt"  # the shipped file it fine-tunes from (None: installed, not trained)
+
+
+@dataclass(frozen=True)
+class GeneratorSpec:
+    """A generator bundle as the pipeline runs it."""
+
+    bundle: str
+    train: tuple[TrainStep, ...]
+    label: str  # the paper's name for it, used in the report
+
+
+IMAGE_TRAIN = (TrainStep(("train.yaml",), "image"),)
+GENERATORS: dict[str, GeneratorSpec] = {
+    "ddpm_cmr": GeneratorSpec("ddpm_cmr", IMAGE_TRAIN, "DDPM"),
+    "fm_cmr": GeneratorSpec("fm_cmr", IMAGE_TRAIN, "flow matching"),
+    "ldm_cmr": GeneratorSpec("ldm_cmr", (TrainStep(("train_autoencoder.yaml",), "autoencoder", from_zoo=None),
+                                         TrainStep(("train.yaml", "train_diffusion.yaml"), "latent")), "latent diffusion"),
+}
+MASK_GENERATOR = GeneratorSpec("mask_generator", (TrainStep(("train.yaml",), "mask"),), "mask DDPM")
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Budgets of one pipeline run."""
+
+    name: str
+    size: int
+    epochs: dict[str, int]  # per training step kind, epochs of ``epoch_length`` iterations
+    epoch_length: int = 200
+    from_zoo: bool = False  # start each generator from the shipped phantom-trained weights
+    per_class: int = 6  # masks per (group, phase, position) class
+    keep_implausible: bool = False  # keep masks that fail the anatomy checks (smoke: an untrained mask generator)
+    segmenter_steps: int = 1000
+    segmenter_overrides: dict = field(default_factory=dict)
+    few_real: tuple[int, ...] = (5,)  # few-real curve: k real training patients, alone and with each generator's data
+    audit_slices_per_patient: int = 6
+    phantom_per_group: int = 4  # the embedded cohort's size when no --input is given
+    device_note: str = "CPU"
+
+
+PRESETS: dict[str, Preset] = {
+    "demo": Preset("demo", 64, {"mask": 2, "image": 3, "autoencoder": 0, "latent": 3}, epoch_length=50, from_zoo=True,
+                   per_class=2, segmenter_steps=150, few_real=(), audit_slices_per_patient=4,
+                   segmenter_overrides={"batch_size": 16}),
+    # the plumbing in a few minutes (tests): numbers from it mean nothing
+    "smoke": Preset("smoke", 32, {"mask": 1, "image": 1, "autoencoder": 1, "latent": 1}, epoch_length=4, per_class=1,
+                    segmenter_steps=50, few_real=(), audit_slices_per_patient=2, phantom_per_group=1,
+                    keep_implausible=True),
+    "cpu64": Preset("cpu64", 64, {"mask": 20, "image": 15, "autoencoder": 10, "latent": 10}),
+    "paper128": Preset("paper128", 128, {"mask": 40, "image": 40, "autoencoder": 20, "latent": 20}, segmenter_steps=4000,
+                       few_real=(5, 10), device_note="GPU (the 128x128 reference preset)"),
+}
+
+
+def preset(name: str) -> Preset:
+    """The named preset; an unknown name is one clear error naming the allowed ones."""
+    if name not in PRESETS:
+        raise CMRDataError("--preset", f"unknown preset {name!r}; allowed: {sorted(PRESETS)}")
+    return PRESETS[name]
+
+
+def generators(names: list[str]) -> list[str]:
+    """Check generator names against the registry (unknown ones are one clear error); keeps their order."""
+    unknown = [n for n in names if n not in GENERATORS]
+    if unknown or not names:
+        raise CMRDataError("--generators", f"unknown generator(s) {unknown}; allowed: {sorted(GENERATORS)}")
+    return list(dict.fromkeys(names))

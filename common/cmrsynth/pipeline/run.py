@@ -1,0 +1,432 @@
+# Copyright (c) cmr-synth contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""The one-command pipeline: a cohort (or the embedded phantoms) to an audited, released synthetic dataset and a report.
+
+prepare -> mask_generator (train, sample) -> each image generator (train, sample on the synthetic masks and on the
+real test masks) -> seg_utility (real, synthetic-only, real + synthetic, few-real with and without synthetic; scored
+on the real test patients) -> fidelity -> privacy_audit (each generator and the mask generator) -> release gate and
+export -> report card. Each bundle step is ``python -m monai.bundle run`` of its bundle; each stage is resumable
+(``cmrsynth.pipeline.stages``) and an MLflow child run of one parent run; all of it lives under one run folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from cmrsynth.bundle_run import run_bundle, trainer_progress
+from cmrsynth.data.checks import check_output_path
+from cmrsynth.errors import CMRDataError
+from cmrsynth.pipeline.presets import GENERATORS, MASK_GENERATOR, GeneratorSpec, Preset, TrainStep, generators, preset
+from cmrsynth.pipeline.stages import REPO, StageRunner, bundle_fingerprint, fingerprint
+from cmrsynth.tracking import create_experiments, tracked_run
+
+EXPERIMENT = "cmr-synth-pipeline"
+BUNDLES = REPO / "bundles"
+ZOO_PHANTOM = REPO / "zoo" / "phantom"
+SEG = "seg_utility"
+
+
+class StageFailed(RuntimeError):
+    """A bundle run of a stage failed; the message is one line naming the stage, the cause and the log."""
+
+
+@dataclass(frozen=True)
+class Request:
+    """What the user asked for."""
+
+    out: Path
+    input: Path | None = None  # None: the embedded phantom cohort
+    reader: str = "acdc"
+    info_csv: Path | None = None
+    preset: str = "demo"
+    generators: tuple[str, ...] = ("ddpm_cmr", "fm_cmr", "ldm_cmr")
+    seed: int = 0
+
+
+def cohort_fingerprint(path: Path) -> str:
+    """A hash of a cohort's file names, sizes and modification times (its path is not part of it: nothing
+    identifying goes into the run's records)."""
+    h = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for f in files:
+        st = f.stat()
+        h.update(f"{f.relative_to(path) if f != path else f.name}:{st.st_size}:{int(st.st_mtime)}".encode())
+    return h.hexdigest()[:16]
+
+
+class Pipeline:
+    """One run folder's stages; ``run()`` does them all in order."""
+
+    def __init__(self, request: Request):
+        self.req = request
+        self.preset: Preset = preset(request.preset)
+        self.names = generators(list(request.generators))
+        self.out = request.out.absolute()
+        self.prepared = self.out / "prepared"
+        self.real = self.prepared / "datalist.json"
+        self.runner: StageRunner | None = None
+        self.records = None  # the user's cohort, read once (None: the embedded phantoms)
+        self.uri = ""
+
+    # ---- helpers -------------------------------------------------------------------------------------------------
+    def bundle(self, stage: str, bundle: str, configs: list[str], root: Path, overrides: dict, tracked: bool = False) -> float:
+        """``python -m monai.bundle run`` of a bundle into ``root``, logged to logs/<stage>.log; one line on failure."""
+        log = self.out / "logs" / f"{stage}.log"
+        extra = ["--tracking", "mlflow", "--tracking_uri", self.uri] if tracked else []
+        try:
+            return run_bundle(BUNDLES / bundle, configs, root, overrides, log=log, extra_args=extra, cwd=self.out)
+        except RuntimeError:
+            raise StageFailed(f"stage {stage}: {_cause(log)} (log: {log})") from None
+
+    def common(self) -> dict:
+        return {"image_size": self.preset.size, "seed": self.req.seed}
+
+    def total_stages(self) -> int:
+        per_gen = len(self.names)
+        seg = 1 + 2 * per_gen + len(self.preset.few_real) * (1 + per_gen)
+        mask_train = len(MASK_GENERATOR.train)
+        train = sum(len(GENERATORS[n].train) for n in self.names)
+        return 1 + mask_train + 1 + train + 2 * per_gen + seg + per_gen + (per_gen + 1) + per_gen + 1
+
+    # ---- stages --------------------------------------------------------------------------------------------------
+    def prepare(self) -> dict:
+        from cmrsynth.data.phantom import write_phantom_cohort
+        from cmrsynth.data.prepare import PrepareConfig, prepare_cohort, read_cohort
+
+        cfg = PrepareConfig(size=self.preset.size, seed=self.req.seed)
+        if self.req.input is None:
+            source = {"phantom_per_group": self.preset.phantom_per_group}
+        else:
+            source = {"reader": self.req.reader, "cohort": cohort_fingerprint(self.req.input)}
+
+        def job() -> dict:
+            records = self.records
+            if records is None:
+                cohort = self.out / "cohort"
+                write_phantom_cohort(cohort, n_per_group=self.preset.phantom_per_group, seed=self.req.seed, overwrite=True)
+                records = read_cohort("acdc", cohort)
+            summary = prepare_cohort(records, self.prepared, cfg, overwrite=True,
+                                     inputs=[p for p in (self.req.input, self.req.info_csv) if p])
+            self.check_split(summary)
+            return {k: summary[k] for k in ("patients", "slices", "patients_per_split", "slices_per_split")}
+
+        return self.runner.run("prepare", {**source, "prepare": asdict(cfg)}, [],
+                               [self.prepared, self.out / "cohort"], job)
+
+    def check_split(self, summary: dict) -> None:
+        """A preset that does not fit the cohort is one clear error before any training."""
+        split = summary["patients_per_split"]
+        need = max((*self.preset.few_real, 1)) + 1
+        if split.get("train", 0) < need or split.get("val", 0) < 1 or split.get("test", 0) < 1:
+            raise CMRDataError(self.req.input or "phantom cohort",
+                               f"{summary['patients']} labelled patients split {split}: preset {self.preset.name!r} needs at "
+                               f"least {need} training, 1 validation and 1 test patient")
+
+    def train(self, spec: GeneratorSpec) -> list[str]:
+        """Each training command of a generator bundle (fine-tuned from the shipped phantom weights with ``from_zoo``)."""
+        root, stages, after = self.out / spec.bundle, [], ["prepare"]
+        zoo = self.install_zoo(spec.bundle) if self.preset.from_zoo else None
+        for step in spec.train:
+            name = f"{spec.bundle}.train" + (f".{step.budget}" if len(spec.train) > 1 else "")
+            epochs = self.preset.epochs[step.budget]
+            overrides = {"dataset_dir": str(self.prepared), **self.common(), "max_epochs": epochs,
+                         "epoch_length": self.preset.epoch_length, "progress_bar": False}
+            if zoo is not None and step.from_zoo:
+                overrides["pretrained"] = str(zoo / step.from_zoo)
+            settings = {"configs": step.configs, "bundle": bundle_fingerprint(spec.bundle), "overrides": _hide(overrides, self.out),
+                        "zoo": _zoo_hash(zoo)}
+
+            def job(step=step, overrides=overrides, epochs=epochs) -> dict:
+                if epochs == 0:  # taken as shipped: the zoo's file, hash-verified when installed
+                    return install_shipped(zoo, root, step)
+                self.bundle(name, spec.bundle, ["common.yaml", *step.configs], root, overrides, tracked=True)
+                return _progress(root, step)
+
+            self.runner.run(name, settings, after, [root] if not stages else [], job)
+            stages.append(name)
+            after = [*after, name]
+        return stages
+
+    def install_zoo(self, bundle: str) -> Path:
+        from cmrsynth.zoo import install
+
+        target = self.out / "zoo" / bundle
+        if not (target / "large_files.yml").is_file():
+            install(ZOO_PHANTOM / f"{bundle}.zip", target)
+        return target
+
+    def sample_masks(self, after: list[str]) -> Path:
+        root, out = self.out / MASK_GENERATOR.bundle, self.out / MASK_GENERATOR.bundle / "eval" / "masks"
+        overrides = {**self.common(), "per_class": self.preset.per_class, "output_dir": str(out),
+                     "keep_implausible": self.preset.keep_implausible}
+        self.runner.run("mask_generator.sample", {"overrides": _hide(overrides, self.out)}, after, [out],
+                        lambda: self.bundle("mask_generator.sample", "mask_generator", ["common.yaml", "inference.yaml"],
+                                            root, overrides) and _summary(out / "datalist.json"))
+        return out / "datalist.json"
+
+    def sample_images(self, name: str, masks: Path, after: list[str]) -> dict[str, Path]:
+        root, lists = self.out / name, {}
+        for part, (datalist, key) in {"synthetic": (masks, "synthetic"), "test_masks": (self.real, "test")}.items():
+            out = root / "eval" / ("images" if part == "synthetic" else part)
+            overrides = {**self.common(), "mask_datalist": str(datalist), "mask_key": key, "output_dir": str(out)}
+            stage = f"{name}.sample" + ("" if part == "synthetic" else ".test_masks")
+            self.runner.run(stage, {"overrides": _hide(overrides, self.out)},
+                            after + (["mask_generator.sample"] if part == "synthetic" else []), [out],
+                            lambda s=stage, o=overrides, d=out: self.bundle(s, name, ["common.yaml", "inference.yaml"], root, o)
+                            and _summary(d / "datalist.json"))
+            lists[part] = out / "datalist.json"
+        return lists
+
+    def segmenter(self, mode: str, sources: list[dict], after: list[str]) -> dict:
+        root = self.out / SEG / mode
+        steps = self.preset.segmenter_steps
+        overrides = {"real_datalist": str(self.real), "sources": sources, **self.common(), "max_epochs": max(1, steps // 50),
+                     "epoch_length": 50, "progress_bar": False, **self.preset.segmenter_overrides}
+
+        def job() -> dict:
+            self.bundle(f"seg.{mode}", SEG, ["common.yaml", "train.yaml"], root, overrides, tracked=True)
+            self.bundle(f"seg.{mode}.evaluate", SEG, ["common.yaml", "evaluate.yaml"], root,
+                        {"real_datalist": str(self.real), "eval_key": "test", "image_size": self.preset.size})
+            metrics = json.loads((root / "eval" / "evaluation" / "metrics.json").read_text())
+            training = json.loads((root / "models" / "training_set.json").read_text())["training"]
+            return {"summary": metrics["summary"], "patients": metrics["patients"], "training_slices": len(training),
+                    **trainer_progress(root / "models" / "checkpoint_final.pt")}
+
+        return self.runner.run(f"seg.{mode}", {"bundle": bundle_fingerprint(SEG), "overrides": _hide(overrides, self.out)},
+                               after, [root], job)
+
+    def fidelity(self, name: str, paired: Path, after: list[str]) -> dict:
+        out = self.out / "fidelity" / name
+        overrides = {"real_datalist": str(self.real), "synthetic_datalist": str(paired), "fidelity_dir": str(out), **self.common()}
+
+        def job() -> dict:
+            self.bundle(f"fidelity.{name}", SEG, ["common.yaml", "fidelity.yaml"], self.out / SEG / "real", overrides)
+            scores = json.loads((out / "fidelity.json").read_text())
+            return {k: scores[k] for k in ("n_synthetic", "fd_seg", "kid_seg", "mask_faithfulness", "real_dice", "paired") if k in scores}
+
+        return self.runner.run(f"fidelity.{name}", {"overrides": _hide(overrides, self.out)}, after, [out], job)
+
+    def audit(self, name: str, synthetic: Path, after: list[str], key: str = "training") -> dict:
+        out = self.out / "privacy_audit" / name
+        overrides = {"generator_bundle": str(BUNDLES / name), "generator_root": str(self.out / name), "real_datalist": str(self.real),
+                     "synthetic_datalist": str(synthetic), "synthetic_key": key, "output_dir": str(out),
+                     "feature_encoder_root": str(self.out / SEG / "real"), "feature_encoder_bundle": str(BUNDLES / SEG),
+                     "generator_overrides": {"image_size": self.preset.size}, "tracking_uri": self.uri,
+                     "slices_per_patient": self.preset.audit_slices_per_patient, "seed": self.req.seed}
+        if name == MASK_GENERATOR.bundle:
+            overrides.pop("feature_encoder_root")
+
+        def job() -> dict:
+            self.bundle(f"audit.{name}", "privacy_audit", ["audit.yaml"], out.parent, overrides)
+            audit = json.loads((out / "audit.json").read_text())
+            audit["leakage"].pop("synthetic_to_train", None)
+            return _audit_digest(audit)
+
+        return self.runner.run(f"audit.{name}", {"bundle": bundle_fingerprint("privacy_audit"), "overrides": _hide(overrides, self.out)},
+                               after, [out], job)
+
+    def release(self, name: str, synthetic: Path, after: list[str], facts: dict) -> dict:
+        from cmrsynth.pipeline.release import export_release
+
+        out = self.out / "release" / name
+        gated = synthetic.with_name("datalist_released.json")
+
+        def job() -> dict:
+            self.bundle(f"release.{name}", "privacy_audit", ["release.yaml"], self.out / "privacy_audit",
+                        {"real_datalist": str(self.real), "synthetic_datalist": str(synthetic)})
+            record = json.loads(gated.with_name("datalist_released_release_record.json").read_text())
+            gate = {"candidates": record["kept"] + len(record["removed"]), "removed": len(record["removed"]), "kept": record["kept"]}
+            card = {**facts, "gate": gate}
+            return {**export_release(gated, out, card), "gate": gate}
+
+        return self.runner.run(f"release.{name}", {"facts": facts}, after, [out], job)
+
+    # ---- the whole run -------------------------------------------------------------------------------------------
+    def run(self) -> dict:
+        """Every stage in order; returns the report's facts (also written to report/report.json)."""
+        from cmrsynth.data.prepare import read_cohort
+
+        check_output_path(self.out, [p for p in (self.req.input, self.req.info_csv) if p])
+        # the cohort is read before anything is written: a reader / cohort mismatch leaves no run folder behind
+        self.records = None if self.req.input is None else read_cohort(self.req.reader, self.req.input, self.req.info_csv)
+        self.out.mkdir(parents=True, exist_ok=True)
+        bundles = [MASK_GENERATOR.bundle, *self.names, SEG, "privacy_audit"]
+        self.uri = create_experiments(self.out, [EXPERIMENT, *bundles])
+        params = {"preset": asdict(self.preset), "generators": self.names, "seed": self.req.seed,
+                  "cohort": "embedded phantoms" if self.req.input is None else f"{self.req.reader} cohort {cohort_fingerprint(self.req.input)}"}
+        with tracked_run(self.out, EXPERIMENT, f"{self.preset.name}", params, uri=self.uri) as tracker:
+            self.runner = StageRunner(self.out, self.total_stages(), tracker)
+            facts = {"request": params, "prepare": self.prepare()}
+            mask_stages = self.train(MASK_GENERATOR)
+            masks = self.sample_masks(mask_stages)
+            facts["masks"] = self.runner.records["mask_generator.sample"]["result"]
+            images, trained = {}, {}
+            for name in self.names:
+                trained[name] = self.train(GENERATORS[name])
+                images[name] = self.sample_images(name, masks, trained[name])
+            facts["utility"] = self.utility(images, trained)
+            facts["fidelity"] = {n: self.fidelity(n, images[n]["test_masks"], [f"{n}.sample.test_masks", "seg.real"]) for n in self.names}
+            facts["privacy"] = {n: self.audit(n, images[n]["synthetic"], [*trained[n], "seg.real", f"{n}.sample"]) for n in self.names}
+            facts["privacy"][MASK_GENERATOR.bundle] = self.audit(MASK_GENERATOR.bundle, masks, [*mask_stages, "mask_generator.sample"], "synthetic")
+            facts["sampling"] = {n: self.runner.records[f"{n}.sample"]["result"] for n in self.names}
+            facts["training"] = {n: {s: self.runner.records[s]["result"] for s in trained[n]} for n in self.names}
+            facts["training"][MASK_GENERATOR.bundle] = {s: self.runner.records[s]["result"] for s in mask_stages}
+            facts["seconds"] = {k: r.get("seconds") for k, r in self.runner.records.items()}
+            facts["release"] = {n: self.release(n, images[n]["synthetic"], [f"audit.{n}"], self.card_facts(n, facts)) for n in self.names}
+            facts["report"] = self.report(facts, images, masks)
+            tracker.log_metrics(_headline(facts))
+            for f in ("report.md", "report.json", "report.html"):
+                tracker.log_artifact(self.out / "report" / f)
+        return facts
+
+    def utility(self, images: dict[str, dict[str, Path]], trained: dict[str, list[str]]) -> dict:
+        """seg_utility per training-set composition, all scored on the real test patients."""
+        real = {"datalist": str(self.real), "key": "training"}
+        result = {"real": self.segmenter("real", [real], ["prepare"])}
+        for name in self.names:
+            syn = {"datalist": str(images[name]["synthetic"]), "key": "training"}
+            after = [f"{name}.sample"]
+            result[f"{name}/synthetic"] = self.segmenter(f"{name}.synthetic", [syn], after)
+            result[f"{name}/real+synthetic"] = self.segmenter(f"{name}.real_synthetic", [real, {**syn, "ratio": 1.0}], after)
+        for k in self.preset.few_real:
+            few = {**real, "patients": k}
+            result[f"few{k}"] = self.segmenter(f"few{k}", [few], ["prepare"])
+            for name in self.names:
+                syn = {"datalist": str(images[name]["synthetic"]), "key": "training"}
+                result[f"{name}/few{k}+synthetic"] = self.segmenter(f"{name}.few{k}_synthetic", [few, syn], [f"{name}.sample"])
+        return result
+
+    def card_facts(self, name: str, facts: dict) -> dict:
+        """What the data card of a generator's release states (counts, hashes and results; no identifiers)."""
+        data = json.loads(self.real.read_text())
+        groups: dict[str, int] = {}
+        for pid in {e["patient"]: e.get("group") for e in data["training"]}.items():
+            groups[str(pid[1])] = groups.get(str(pid[1]), 0) + 1
+        weights = self.out / name / "models" / "best_ema.pt"
+        meta = json.loads((BUNDLES / name / "configs" / "metadata.json").read_text())
+        audit, fid = facts["privacy"][name], facts["fidelity"][name]
+        return {"generator": name, "bundle_version": meta["version"], "image_size": self.preset.size, "weights_sha256": _sha256(weights),
+                "sampler": facts["sampling"][name].get("sampler"), "source_training_patients": sum(groups.values()),
+                "source_groups": groups, "epsilon": None, "audit": audit,
+                "usable_note": usability(fid)["note"],
+                "intended_use": "research on segmentation and synthetic-data methods; not for clinical use or diagnosis"}
+
+    def report(self, facts: dict, images: dict, masks: Path) -> dict:
+        from cmrsynth.pipeline.card import write_report
+
+        figures = {"real": self.prepared, "masks": masks.parent / "masks.png",
+                   **{n: images[n]["synthetic"].parent / "samples.png" for n in self.names}}
+        out = self.out / "report"
+        return self.runner.run("report", {"facts": fingerprint(facts)}, [], [out],
+                               lambda: write_report(facts, figures, out, self.machine()))
+
+    def machine(self) -> dict:
+        import platform
+
+        import torch
+
+        return {"cpu_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available(), "python": platform.python_version(),
+                "torch": torch.__version__, "device": self.preset.device_note, "processor": platform.processor() or platform.machine()}
+
+
+def usability(fidelity: dict) -> dict:
+    """The fidelity floor: a generator is usable when the real-only segmenter finds its masks in its images at least
+    half as well as in real images (mean faithfulness Dice over LV, MYO, RV >= 0.5 x the real images' own). An
+    untrained generator's noise scores near 0, so its privacy result says nothing and is reported as uninformative."""
+    faith, ceiling = fidelity["mask_faithfulness"], fidelity.get("real_dice") or {}
+    mean = sum(faith.values()) / len(faith)
+    ceil = sum(ceiling.values()) / len(ceiling) if ceiling else 1.0
+    usable = mean >= 0.5 * ceil
+    note = (f"yes: mask faithfulness {mean:.2f} against {ceil:.2f} for real images (floor {0.5 * ceil:.2f})" if usable else
+            f"no: mask faithfulness {mean:.2f} is below the floor {0.5 * ceil:.2f} (real images {ceil:.2f}); its images do not "
+            "show their masks, so its privacy result is uninformative")
+    return {"usable": usable, "faithfulness": mean, "ceiling": ceil, "note": note}
+
+
+def install_shipped(zoo: Path | None, root: Path, step: TrainStep) -> dict:
+    """A training step with no budget takes the shipped network as it is (ldm_cmr's autoencoder in the demo)."""
+    if zoo is None:
+        raise CMRDataError(root, f"{' + '.join(step.configs)} has no training budget and no shipped weights to start from")
+    files = sorted((zoo / "models").rglob("*.pt"))
+    shipped = [f for f in files if f.parent.name == "autoencoder"]
+    for f in shipped:
+        target = root / "models" / "autoencoder" / f.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(f, target)
+    return {"installed": [f.name for f in shipped]}
+
+
+def _progress(root: Path, step: TrainStep) -> dict:
+    ckpt = root / "models" / ("autoencoder" if "train_autoencoder.yaml" in step.configs else "") / "checkpoint_final.pt"
+    return trainer_progress(ckpt) if ckpt.is_file() else {}
+
+
+def _summary(datalist: Path) -> dict:
+    return json.loads(datalist.read_text())["summary"]
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "missing"
+
+
+def _zoo_hash(zoo: Path | None) -> str | None:
+    return None if zoo is None else hashlib.sha256((zoo / "large_files.yml").read_bytes()).hexdigest()[:16]
+
+
+def _hide(overrides: dict, out: Path) -> dict:
+    """Overrides with the run folder written as ``<run>`` (records and MLflow params hold no absolute paths)."""
+    text = json.dumps(overrides, default=str).replace(str(out), "<run>").replace(str(REPO), "<repo>")
+    return json.loads(text)
+
+
+def _cause(log: Path) -> str:
+    """The line of a failed bundle run's log that says why: its own one-line error, else the last line."""
+    lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()] if log.is_file() else []
+    errors = [line.removeprefix("error: ") for line in lines if line.startswith("error:")]
+    return (errors or lines or ["no output"])[-1]
+
+
+def _audit_digest(audit: dict) -> dict:
+    """The audit facts the report and the data card use."""
+    from cmrsynth.audit import strongest
+
+    digest = {"members": audit["members"], "non_members": audit["non_members"]}
+    name, m = strongest(audit["membership"])
+    digest.update(strongest=name, strongest_auc=m["auc"]["value"], strongest_ci95=m["auc"]["ci95"],
+                  strongest_tpr_1pct=m["tpr_at_1pct_fpr"]["value"])
+    if "membership_slices" in audit:
+        name, m = strongest(audit["membership_slices"])
+        digest.update(slice_strongest=name, slice_auc=m["auc"]["value"], slice_ci95=m["auc"]["ci95"],
+                      slice_tpr_1pct=m["tpr_at_1pct_fpr"]["value"], slice_tpr_01pct=m["tpr_at_0.1pct_fpr"]["value"])
+    if "reconstruction" in audit:
+        name, m = strongest(audit["reconstruction"]["membership"])
+        digest.update(reconstruction_auc=m["auc"]["value"], reconstruction_ci95=m["auc"]["ci95"])
+    leak = audit.get("leakage", {})
+    for space in ("pixel", "feature", "masks"):
+        if space in leak:
+            digest[f"near_copies_{space}"] = leak[space]["near_copies"]
+            digest[f"synthetic_{space}"] = leak[space]["synthetic"]
+    return digest
+
+
+def _headline(facts: dict) -> dict:
+    out = {}
+    for key, r in facts["utility"].items():
+        for metric in ("ED/dice_lv", "ED/dice_rv", "ED/dice_myo"):
+            if metric in r["summary"]:
+                out[f"{key.replace('/', '.').replace('+', '_')}.{metric.replace('/', '_')}"] = r["summary"][metric]["mean"]
+    for name, a in facts["privacy"].items():
+        out[f"{name}.strongest_auc"] = a["strongest_auc"]
+    return out
