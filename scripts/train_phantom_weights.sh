@@ -25,3 +25,23 @@ train() {  # bundle root_name epochs configs...
   train ldm_cmr ldm_cmr 8 common.yaml train_autoencoder.yaml
   train ldm_cmr ldm_cmr 10 common.yaml train.yaml train_diffusion.yaml; } &
 wait
+# Pack: each generator's validation-best EMA; ldm_cmr also ships its autoencoder (the weights alone, no optimiser or
+# discriminator: what its latent training and inference load).
+python - "$W" <<'PY'
+import sys
+from pathlib import Path
+
+import torch
+
+root = Path(sys.argv[1]) / "ldm_cmr" / "models" / "autoencoder"
+state = torch.load(root / "checkpoint_final.pt", map_location="cpu", weights_only=True)
+slim = Path(sys.argv[1]) / "ldm_cmr_slim" / "models"
+(slim / "autoencoder").mkdir(parents=True, exist_ok=True)
+torch.save({k: state[k] for k in ("autoencoder", "autoencoder_ema") if k in state}, slim / "autoencoder" / "checkpoint_final.pt")
+(slim / "best_ema.pt").write_bytes((Path(sys.argv[1]) / "ldm_cmr" / "models" / "best_ema.pt").read_bytes())
+PY
+for b in mask_generator ddpm_cmr fm_cmr; do
+  cmr-synth zoo pack "$REPO/bundles/$b" "$W/$b" "$REPO/zoo/phantom/$b.zip" --weights models/best_ema.pt
+done
+cmr-synth zoo pack "$REPO/bundles/ldm_cmr" "$W/ldm_cmr_slim" "$REPO/zoo/phantom/ldm_cmr.zip" \
+  --weights models/best_ema.pt models/autoencoder/checkpoint_final.pt
