@@ -34,7 +34,7 @@ def _run(args: argparse.Namespace) -> int:
 
     req = Request(out=Path(args.out), input=Path(args.input) if args.input else None, reader=args.reader,
                   info_csv=Path(args.info_csv) if args.info_csv else None, preset=args.preset,
-                  generators=tuple(args.generators or GENERATORS), seed=args.seed)
+                  generators=tuple(args.generators or GENERATORS), seed=args.seed, sampling=args.sampling)
     facts = Pipeline(req).run()
     out = req.out.absolute()
     usable = facts["report"]["usable"]
@@ -78,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--preset", default="demo", help=f"budgets: {', '.join(PRESETS)}")
     run.add_argument("--generators", nargs="+", default=None, help=f"image generators to compare (default all: {' '.join(GENERATORS)})")
     run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--sampling", choices=["fast", "teacher"], default=None,
+                     help="fast: 2-step reflow students of every generator (default of cpu64 and paper128); teacher: the "
+                          "bundles' own samplers (default of demo)")
     run.set_defaults(func=_run)
     zoo = sub.add_parser("zoo", help="validate, pack, verify or install bundles")
     zsub = zoo.add_subparsers(dest="action", required=True)

@@ -167,6 +167,8 @@ def generate_images(
     seed: int = 0,
     device: str | torch.device = "cpu",
     overwrite: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> dict:
     """Generate one image per mask of a datalist; write image + label NIfTI pairs, a datalist and a grid.
 
@@ -175,6 +177,8 @@ def generate_images(
         mask_datalist: a datalist whose entries under ``mask_key`` have a ``label`` (mask_generator output,
             or a prepared real datalist with ``mask_key="test"``).
         sampler, num_inference_steps, guidance_scale: override the generator's defaults.
+        rank, world_size: with several processes, rank r draws masks r, r + world_size, ... into a shard folder
+            beside ``out_dir`` (ids keep the mask's index); ``merge_shards`` then writes ``out_dir``.
 
     Returns:
         summary with counts, sampler, NFE and seconds per image.
@@ -186,8 +190,11 @@ def generate_images(
         logging.getLogger(__name__).warning(
             f"{mask_datalist} [{mask_key}]: drawing from training patients' own masks; such images carry those patients' "
             "appearance (privacy_audit's reconstruction attack) and its release gate removes them")
+    planned = len(entries)
+    indices = list(range(rank, planned, world_size))
+    entries = [entries[i] for i in indices]
     masks = read_masks(root, entries)
-    rng = torch.Generator().manual_seed(seed)
+    rng = torch.Generator().manual_seed(seed + rank)
     generator = generator.to(device).eval()
     t0 = time.perf_counter()
     images, nfe = [], []
@@ -199,19 +206,65 @@ def generate_images(
         nfe.append(used)
     sampling = _sampling_summary(generator, sampler, num_inference_steps, guidance_scale, nfe, time.perf_counter() - t0, len(entries))
     out_entries, provenance = [], {}
-    with atomic_directory(out_dir, overwrite=overwrite) as tmp:
-        for i, (e, image, mask) in enumerate(zip(entries, images, masks)):
+    target = Path(out_dir) if world_size == 1 else shard_dir(out_dir, rank)
+    with atomic_directory(target, overwrite=overwrite or world_size > 1) as tmp:
+        for i, e, image, mask in zip(indices, entries, images, masks):
             sid = f"syn{i:05d}"
             out_entries.append({**_write_pair(tmp, sid, image, mask, e), "synthetic_id": sid})
             provenance[sid] = {"mask_datalist": str(Path(mask_datalist).absolute()), "mask_key": mask_key, "index": i,
                                "source_label": str((root / e["label"]).absolute())}
         summary = {"generated": len(out_entries), "seconds_per_image": sampling.pop("seconds_per_sample"), **sampling}
+        if world_size > 1:
+            summary.update(planned=planned, shard=rank, shards=world_size)
         write_json_atomic(tmp / "datalist.json", {"description": "cmr-synth synthetic images with their masks",
                                                  "labels": CHANNEL_DEF, "training": out_entries, "summary": summary})
         write_json_atomic(tmp / "provenance.json", provenance)  # private: links to source masks, never released
-        shown = list(range(0, len(images), max(1, len(images) // 12)))[:12]
-        save_overlay_grid([images[i] for i in shown] + [images[i] for i in shown],
-                          [None] * len(shown) + [masks[i] for i in shown], tmp / "samples.png", ncols=len(shown))
+        if world_size == 1:
+            _samples_grid(images, masks, tmp / "samples.png")
+    return summary
+
+
+def _samples_grid(images: list[np.ndarray], masks: list[np.ndarray], png: Path) -> None:
+    shown = list(range(0, len(images), max(1, len(images) // 12)))[:12]
+    save_overlay_grid([images[i] for i in shown] + [images[i] for i in shown],
+                      [None] * len(shown) + [masks[i] for i in shown], png, ncols=len(shown))
+
+
+def shard_dir(out_dir: str | Path, rank: int) -> Path:
+    """Where rank ``rank`` of a sharded ``generate_images`` writes (beside ``out_dir``)."""
+    out_dir = Path(out_dir)
+    return out_dir.with_name(f"{out_dir.name}.shard{rank}")
+
+
+def merge_shards(out_dir: str | Path, world_size: int, overwrite: bool = True) -> dict:
+    """Merge the shard folders of a sharded ``generate_images`` into ``out_dir`` (one datalist, ids in mask order) and
+    remove them; refuses, naming the shard, a missing shard or a set of ids with a gap or a duplicate."""
+    import shutil
+
+    shards = [shard_dir(out_dir, r) for r in range(world_size)]
+    for shard in shards:
+        if not (shard / "datalist.json").is_file():
+            raise CMRDataError(shard, f"shard missing: every one of the {world_size} processes must finish before the merge")
+    parts = [json.loads((shard / "datalist.json").read_text()) for shard in shards]
+    entries = sorted((e for p in parts for e in p["training"]), key=lambda e: e["synthetic_id"])
+    planned = parts[0]["summary"]["planned"]
+    ids = [e["synthetic_id"] for e in entries]
+    if ids != [f"syn{i:05d}" for i in range(planned)]:
+        raise CMRDataError(shards[0].parent, f"shards hold {len(ids)} images ({len(set(ids))} distinct ids) for {planned} masks")
+    provenance = {k: v for shard in shards for k, v in json.loads((shard / "provenance.json").read_text()).items()}
+    summaries = [p["summary"] for p in parts]
+    summary = {**{k: v for k, v in summaries[0].items() if k not in ("shard", "planned")}, "generated": len(entries),
+               "seconds_per_image": sum(x["seconds_per_image"] * x["generated"] for x in summaries) / max(len(entries), 1)}
+    with atomic_directory(out_dir, overwrite=overwrite) as tmp:
+        for shard in shards:
+            for folder in ("images", "labels"):
+                shutil.copytree(shard / folder, tmp / folder, dirs_exist_ok=True)
+        write_json_atomic(tmp / "datalist.json", {**parts[0], "training": entries, "summary": summary})
+        write_json_atomic(tmp / "provenance.json", provenance)
+        _samples_grid([np.asanyarray(nib.load(tmp / e["image"]).dataobj) for e in entries],
+                      [np.asanyarray(nib.load(tmp / e["label"]).dataobj) for e in entries], tmp / "samples.png")
+    for shard in shards:
+        shutil.rmtree(shard)
     return summary
 
 

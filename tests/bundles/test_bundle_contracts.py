@@ -101,6 +101,11 @@ def test_generator_bundles_share_their_common_configs(name):
     assert len(set(texts.values())) == 1, f"{name} differs between {sorted(texts)}"
 
 
+def test_image_generators_share_their_sharded_sampling_overlay():
+    texts = {b: (REPO / "bundles" / b / "configs" / "multi_gpu_inference.yaml").read_text() for b in ("ddpm_cmr", "fm_cmr", "ldm_cmr")}
+    assert len(set(texts.values())) == 1
+
+
 @pytest.mark.parametrize("name", ["train.yaml", "inference.yaml"])
 def test_image_generators_differ_only_in_their_objective(name):
     """ddpm_cmr, fm_cmr and ldm_cmr share training and inference configs byte for byte (ldm_cmr's latent space is

@@ -17,6 +17,7 @@ import subprocess
 import sys
 
 import nibabel as nib
+import numpy as np
 import pytest
 import torch
 from monai.data import load_decathlon_datalist
@@ -197,7 +198,11 @@ def test_training_is_tracked_in_mlflow(prepared, tmp_path, monkeypatch):
 
 def test_two_process_ddp_training_with_torchrun(prepared, tmp_path):
     """The multi_gpu_train.yaml overlay under torchrun: 2 processes, gloo on CPU, checkpoints from rank 0."""
-    files = json.dumps([str(IMAGES / "configs" / c) for c in [*TRAIN, "multi_gpu_train.yaml"]])
+    save_ranks = tmp_path / "save_ranks.yaml"  # each rank keeps its own parameters at the end, to compare them
+    save_ranks.write_text("finalize:\n"
+                          "  - \"$torch.save(@network.module.state_dict(), os.path.join(@ckpt_dir, f'rank{dist.get_rank()}.pt'))\"\n"
+                          "  - \"$dist.is_initialized() and dist.destroy_process_group()\"\n")
+    files = json.dumps([str(IMAGES / "configs" / c) for c in [*TRAIN, "multi_gpu_train.yaml"]] + [str(save_ranks)])
     overrides = override_args(_tiny(dataset_dir=str(prepared), max_epochs=2, batch_size=4, max_minutes=10))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "monai.bundle", "run",
            "--bundle_root", str(tmp_path), "--config_file", files, *overrides]
@@ -205,6 +210,33 @@ def test_two_process_ddp_training_with_torchrun(prepared, tmp_path):
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     assert trainer_progress(tmp_path / "models" / "checkpoint_final.pt")["epoch"] == 2
     assert "val_mse" in proc.stdout + proc.stderr
+    ranks = [torch.load(tmp_path / "models" / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    for name, value in ranks[0].items():
+        torch.testing.assert_close(ranks[1][name], value, rtol=0, atol=0, msg=f"{name} differs across ranks")
+
+
+def test_two_process_sampling_shards_and_merges_one_datalist(prepared, tmp_path):
+    """multi_gpu_inference.yaml: 2 processes each draw half of the masks; rank 0 merges one datalist with every id once."""
+    from cmrsynth.benchmark import untrained_generator
+
+    untrained_generator(tmp_path / "gen", seed=0)  # convolutional: its weights draw 32x32 slices too
+    files = json.dumps([str(IMAGES / "configs" / c) for c in [*INFER, "multi_gpu_inference.yaml"]])
+    out = tmp_path / "images"
+    overrides = override_args({"mask_datalist": str(prepared / "datalist.json"), "mask_key": "test", "output_dir": str(out),
+                               "num_inference_steps": 2, "max_images": 7, "image_size": 32})
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "monai.bundle", "run",
+           "--bundle_root", str(tmp_path / "gen"), "--config_file", files, *overrides]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    data = json.loads((out / "datalist.json").read_text())
+    assert [e["synthetic_id"] for e in data["training"]] == [f"syn{i:05d}" for i in range(7)]
+    assert data["summary"]["generated"] == 7 and data["summary"]["shards"] == 2
+    assert all((out / e["image"]).is_file() for e in data["training"]) and (out / "samples.png").is_file()
+    assert not list(tmp_path.glob("images.shard*")), "shards are removed after the merge"
+    real = json.loads((prepared / "datalist.json").read_text())["test"][:7]
+    for e, r in zip(data["training"], real):
+        np.testing.assert_array_equal(np.asanyarray(nib.load(out / e["label"]).dataobj),
+                                      np.asanyarray(nib.load(prepared / r["label"]).dataobj))
 
 
 def test_dp_training_overlay_reports_epsilon_to_mlflow_and_checkpoints_the_accountant(prepared, tmp_path):

@@ -18,7 +18,7 @@ reference resolution for a GPU.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from cmrsynth.errors import CMRDataError
 
@@ -32,6 +32,11 @@ class TrainStep:
     from_zoo: str | None = "models/best_ema.pt"  # the shipped file it fine-tunes from (None: installed, not trained)
 
 
+#: how a 2-step reflow student samples: DDPM bundles on the trailing grid (t = 999, 499), flow matching with Euler
+DDPM_STUDENT = {"num_inference_steps": 2, "timestep_spacing": "trailing"}
+FLOW_STUDENT = {"num_inference_steps": 2}
+
+
 @dataclass(frozen=True)
 class GeneratorSpec:
     """A generator bundle as the pipeline runs it."""
@@ -39,16 +44,32 @@ class GeneratorSpec:
     bundle: str
     train: tuple[TrainStep, ...]
     label: str  # the paper's name for it, used in the report
+    student: dict = field(default_factory=lambda: dict(DDPM_STUDENT))  # inference overrides of its few-step student
+
+    @property
+    def distill_configs(self) -> tuple[str, ...]:
+        """The student's training configs: the last training step's, then distill.yaml."""
+        return (*self.train[-1].configs, "distill.yaml")
 
 
 IMAGE_TRAIN = (TrainStep(("train.yaml",), "image"),)
 GENERATORS: dict[str, GeneratorSpec] = {
     "ddpm_cmr": GeneratorSpec("ddpm_cmr", IMAGE_TRAIN, "DDPM"),
-    "fm_cmr": GeneratorSpec("fm_cmr", IMAGE_TRAIN, "flow matching"),
+    "fm_cmr": GeneratorSpec("fm_cmr", IMAGE_TRAIN, "flow matching", dict(FLOW_STUDENT)),
     "ldm_cmr": GeneratorSpec("ldm_cmr", (TrainStep(("train_autoencoder.yaml",), "autoencoder", from_zoo=None),
                                          TrainStep(("train.yaml", "train_diffusion.yaml"), "latent")), "latent diffusion"),
 }
 MASK_GENERATOR = GeneratorSpec("mask_generator", (TrainStep(("train.yaml",), "mask"),), "mask DDPM")
+
+
+@dataclass(frozen=True)
+class Distillation:
+    """Budgets of the reflow students (each bundle's configs/distill.yaml)."""
+
+    num_pairs: int = 2048
+    validation_pairs: int = 256
+    pair_steps: int = 50
+    epochs: int = 10  # x the preset's epoch_length
 
 
 @dataclass(frozen=True)
@@ -67,28 +88,36 @@ class Preset:
     few_real: tuple[int, ...] = (5,)  # few-real curve: k real training patients, alone and with each generator's data
     audit_slices_per_patient: int = 6
     phantom_per_group: int = 4  # the embedded cohort's size when no --input is given
+    sampling: str = "fast"  # "fast": 2-step reflow students of every generator; "teacher": the bundles' own samplers
+    distill: Distillation = Distillation()
     device_note: str = "CPU"
 
 
 PRESETS: dict[str, Preset] = {
     "demo": Preset("demo", 64, {"mask": 2, "image": 3, "autoencoder": 0, "latent": 3}, epoch_length=50, from_zoo=True,
                    per_class=2, segmenter_steps=150, few_real=(), audit_slices_per_patient=4,
-                   segmenter_overrides={"batch_size": 16}),
+                   segmenter_overrides={"batch_size": 16}, sampling="teacher"),
     # the plumbing in a few minutes (tests): numbers from it mean nothing
     "smoke": Preset("smoke", 32, {"mask": 1, "image": 1, "autoencoder": 1, "latent": 1}, epoch_length=4, per_class=1,
                     segmenter_steps=50, few_real=(), audit_slices_per_patient=2, phantom_per_group=1,
-                    keep_implausible=True),
+                    keep_implausible=True, distill=Distillation(num_pairs=16, validation_pairs=4, pair_steps=2, epochs=1)),
     "cpu64": Preset("cpu64", 64, {"mask": 20, "image": 15, "autoencoder": 10, "latent": 10}),
     "paper128": Preset("paper128", 128, {"mask": 40, "image": 40, "autoencoder": 20, "latent": 20}, segmenter_steps=4000,
                        few_real=(5, 10), device_note="GPU (the 128x128 reference preset)"),
 }
 
 
-def preset(name: str) -> Preset:
-    """The named preset; an unknown name is one clear error naming the allowed ones."""
+SAMPLING = ("fast", "teacher")
+
+
+def preset(name: str, sampling: str | None = None) -> Preset:
+    """The named preset, with its sampling changed when asked; an unknown name is one clear error naming the allowed
+    ones."""
     if name not in PRESETS:
         raise CMRDataError("--preset", f"unknown preset {name!r}; allowed: {sorted(PRESETS)}")
-    return PRESETS[name]
+    if sampling is not None and sampling not in SAMPLING:
+        raise CMRDataError("--sampling", f"unknown sampling {sampling!r}; allowed: {list(SAMPLING)}")
+    return replace(PRESETS[name], sampling=sampling) if sampling else PRESETS[name]
 
 
 def generators(names: list[str]) -> list[str]:

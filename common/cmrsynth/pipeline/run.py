@@ -53,6 +53,7 @@ class Request:
     preset: str = "demo"
     generators: tuple[str, ...] = ("ddpm_cmr", "fm_cmr", "ldm_cmr")
     seed: int = 0
+    sampling: str | None = None  # None: the preset's ("fast": 2-step students; "teacher": the bundles' samplers)
 
 
 def cohort_fingerprint(path: Path) -> str:
@@ -71,7 +72,7 @@ class Pipeline:
 
     def __init__(self, request: Request):
         self.req = request
-        self.preset: Preset = preset(request.preset)
+        self.preset: Preset = preset(request.preset, request.sampling)
         self.names = generators(list(request.generators))
         self.out = request.out.absolute()
         self.prepared = self.out / "prepared"
@@ -93,12 +94,24 @@ class Pipeline:
     def common(self) -> dict:
         return {"image_size": self.preset.size, "seed": self.req.seed}
 
+    @property
+    def fast(self) -> bool:
+        return self.preset.sampling == "fast"
+
+    def sampling_root(self, spec: GeneratorSpec) -> Path:
+        """The run root whose weights draw the released data (and are audited): the student's with fast sampling."""
+        return self.out / (f"{spec.bundle}_student" if self.fast else spec.bundle)
+
+    def sampling_overrides(self, spec: GeneratorSpec) -> dict:
+        return dict(spec.student) if self.fast else {}
+
     def total_stages(self) -> int:
         per_gen = len(self.names)
         seg = 1 + 2 * per_gen + len(self.preset.few_real) * (1 + per_gen)
         mask_train = len(MASK_GENERATOR.train)
         train = sum(len(GENERATORS[n].train) for n in self.names)
-        return 1 + mask_train + 1 + train + 2 * per_gen + seg + per_gen + (per_gen + 1) + per_gen + 1
+        distill = (per_gen + 1) if self.fast else 0
+        return 1 + mask_train + 1 + train + distill + 2 * per_gen + seg + per_gen + (per_gen + 1) + per_gen + 1
 
     # ---- stages --------------------------------------------------------------------------------------------------
     def prepare(self) -> dict:
@@ -157,7 +170,24 @@ class Pipeline:
             self.runner.run(name, settings, after, [root] if not stages else [], job)
             stages.append(name)
             after = [*after, name]
+        if self.fast:
+            stages.append(self.distill(spec, after))
         return stages
+
+    def distill(self, spec: GeneratorSpec, after: list[str]) -> str:
+        """A 2-step reflow student of a trained generator (its bundle's configs/distill.yaml)."""
+        name, root, d = f"{spec.bundle}.distill", self.sampling_root(spec), self.preset.distill
+        overrides = {"dataset_dir": str(self.prepared), **self.common(), "teacher": str(self.out / spec.bundle / "models" / "best_ema.pt"),
+                     "num_pairs": d.num_pairs, "validation_pairs": d.validation_pairs, "pair_steps": d.pair_steps,
+                     "max_epochs": d.epochs, "epoch_length": self.preset.epoch_length, "progress_bar": False}
+
+        def job() -> dict:
+            self.bundle(name, spec.bundle, ["common.yaml", *spec.distill_configs], root, overrides, tracked=True)
+            return trainer_progress(root / "models" / "checkpoint_final.pt")
+
+        self.runner.run(name, {"configs": spec.distill_configs, "bundle": bundle_fingerprint(spec.bundle),
+                               "overrides": _hide(overrides, self.out)}, after, [root], job)
+        return name
 
     def install_zoo(self, bundle: str) -> Path:
         from cmrsynth.zoo import install
@@ -168,19 +198,22 @@ class Pipeline:
         return target
 
     def sample_masks(self, after: list[str]) -> Path:
-        root, out = self.out / MASK_GENERATOR.bundle, self.out / MASK_GENERATOR.bundle / "eval" / "masks"
+        root = self.sampling_root(MASK_GENERATOR)
+        out = self.out / MASK_GENERATOR.bundle / "eval" / "masks"
         overrides = {**self.common(), "per_class": self.preset.per_class, "output_dir": str(out),
-                     "keep_implausible": self.preset.keep_implausible}
+                     "keep_implausible": self.preset.keep_implausible, **self.sampling_overrides(MASK_GENERATOR)}
         self.runner.run("mask_generator.sample", {"overrides": _hide(overrides, self.out)}, after, [out],
                         lambda: self.bundle("mask_generator.sample", "mask_generator", ["common.yaml", "inference.yaml"],
                                             root, overrides) and _summary(out / "datalist.json"))
         return out / "datalist.json"
 
     def sample_images(self, name: str, masks: Path, after: list[str]) -> dict[str, Path]:
-        root, lists = self.out / name, {}
+        spec, lists = GENERATORS[name], {}
+        root = self.sampling_root(spec)
         for part, (datalist, key) in {"synthetic": (masks, "synthetic"), "test_masks": (self.real, "test")}.items():
-            out = root / "eval" / ("images" if part == "synthetic" else part)
-            overrides = {**self.common(), "mask_datalist": str(datalist), "mask_key": key, "output_dir": str(out)}
+            out = self.out / name / "eval" / ("images" if part == "synthetic" else part)
+            overrides = {**self.common(), "mask_datalist": str(datalist), "mask_key": key, "output_dir": str(out),
+                         **self.sampling_overrides(spec)}
             stage = f"{name}.sample" + ("" if part == "synthetic" else ".test_masks")
             self.runner.run(stage, {"overrides": _hide(overrides, self.out)},
                             after + (["mask_generator.sample"] if part == "synthetic" else []), [out],
@@ -220,10 +253,11 @@ class Pipeline:
 
     def audit(self, name: str, synthetic: Path, after: list[str], key: str = "training") -> dict:
         out = self.out / "privacy_audit" / name
-        overrides = {"generator_bundle": str(BUNDLES / name), "generator_root": str(self.out / name), "real_datalist": str(self.real),
+        spec = GENERATORS.get(name, MASK_GENERATOR)
+        overrides = {"generator_bundle": str(BUNDLES / name), "generator_root": str(self.sampling_root(spec)), "real_datalist": str(self.real),
                      "synthetic_datalist": str(synthetic), "synthetic_key": key, "output_dir": str(out),
                      "feature_encoder_root": str(self.out / SEG / "real"), "feature_encoder_bundle": str(BUNDLES / SEG),
-                     "generator_overrides": {"image_size": self.preset.size}, "tracking_uri": self.uri,
+                     "generator_overrides": {"image_size": self.preset.size, **self.sampling_overrides(spec)}, "tracking_uri": self.uri,
                      "slices_per_patient": self.preset.audit_slices_per_patient, "seed": self.req.seed}
         if name == MASK_GENERATOR.bundle:
             overrides.pop("feature_encoder_root")
@@ -264,7 +298,7 @@ class Pipeline:
         self.out.mkdir(parents=True, exist_ok=True)
         bundles = [MASK_GENERATOR.bundle, *self.names, SEG, "privacy_audit"]
         self.uri = create_experiments(self.out, [EXPERIMENT, *bundles])
-        params = {"preset": asdict(self.preset), "generators": self.names, "seed": self.req.seed,
+        params = {"preset": asdict(self.preset), "generators": self.names, "seed": self.req.seed, "sampling": self.preset.sampling,
                   "cohort": "embedded phantoms" if self.req.input is None else f"{self.req.reader} cohort {cohort_fingerprint(self.req.input)}"}
         with tracked_run(self.out, EXPERIMENT, f"{self.preset.name}", params, uri=self.uri) as tracker:
             self.runner = StageRunner(self.out, self.total_stages(), tracker)
@@ -314,7 +348,7 @@ class Pipeline:
         groups: dict[str, int] = {}
         for pid in {e["patient"]: e.get("group") for e in data["training"]}.items():
             groups[str(pid[1])] = groups.get(str(pid[1]), 0) + 1
-        weights = self.out / name / "models" / "best_ema.pt"
+        weights = self.sampling_root(GENERATORS[name]) / "models" / "best_ema.pt"
         meta = json.loads((BUNDLES / name / "configs" / "metadata.json").read_text())
         audit, fid = facts["privacy"][name], facts["fidelity"][name]
         return {"generator": name, "bundle_version": meta["version"], "image_size": self.preset.size, "weights_sha256": _sha256(weights),
