@@ -122,7 +122,8 @@ class Pipeline:
         if self.req.input is None:
             source = {"phantom_per_group": self.preset.phantom_per_group}
         else:
-            source = {"reader": self.req.reader, "cohort": cohort_fingerprint(self.req.input)}
+            source = {"reader": self.req.reader, "cohort": cohort_fingerprint(self.req.input),
+                      "info_csv": cohort_fingerprint(self.req.info_csv) if self.req.info_csv else None}
 
         def job() -> dict:
             records = self.records
@@ -158,8 +159,8 @@ class Pipeline:
                          "epoch_length": self.preset.epoch_length, "progress_bar": False}
             if zoo is not None and step.from_zoo:
                 overrides["pretrained"] = str(zoo / step.from_zoo)
-            settings = {"configs": step.configs, "bundle": bundle_fingerprint(spec.bundle), "overrides": _hide(overrides, self.out),
-                        "zoo": _zoo_hash(zoo)}
+            settings = {"configs": step.configs, "bundle": bundle_fingerprint(spec.bundle, ["common.yaml", *step.configs]),
+                        "overrides": _hide(overrides, self.out), "zoo": _zoo_hash(zoo)}
 
             def job(step=step, overrides=overrides, epochs=epochs) -> dict:
                 if epochs == 0:  # taken as shipped: the zoo's file, hash-verified when installed
@@ -167,7 +168,9 @@ class Pipeline:
                 self.bundle(name, spec.bundle, ["common.yaml", *step.configs], root, overrides, tracked=True)
                 return _progress(root, step)
 
-            self.runner.run(name, settings, after, [root] if not stages else [], job)
+            # the first step owns the root; a later one (ldm_cmr's latent denoiser) owns its checkpoints beside the first's
+            owned = [root] if not stages else [*(root / "models").glob("*.pt"), root / "eval"]
+            self.runner.run(name, settings, after, owned, job)
             stages.append(name)
             after = [*after, name]
         if self.fast:
@@ -185,7 +188,7 @@ class Pipeline:
             self.bundle(name, spec.bundle, ["common.yaml", *spec.distill_configs], root, overrides, tracked=True)
             return trainer_progress(root / "models" / "checkpoint_final.pt")
 
-        self.runner.run(name, {"configs": spec.distill_configs, "bundle": bundle_fingerprint(spec.bundle),
+        self.runner.run(name, {"configs": spec.distill_configs, "bundle": bundle_fingerprint(spec.bundle, ["common.yaml", *spec.distill_configs]),
                                "overrides": _hide(overrides, self.out)}, after, [root], job)
         return name
 
@@ -202,7 +205,9 @@ class Pipeline:
         out = self.out / MASK_GENERATOR.bundle / "eval" / "masks"
         overrides = {**self.common(), "per_class": self.preset.per_class, "output_dir": str(out),
                      "keep_implausible": self.preset.keep_implausible, **self.sampling_overrides(MASK_GENERATOR)}
-        self.runner.run("mask_generator.sample", {"overrides": _hide(overrides, self.out)}, after, [out],
+        configs = ["common.yaml", "inference.yaml"]
+        self.runner.run("mask_generator.sample", {"overrides": _hide(overrides, self.out),
+                                                  "bundle": bundle_fingerprint("mask_generator", configs)}, after, [out],
                         lambda: self.bundle("mask_generator.sample", "mask_generator", ["common.yaml", "inference.yaml"],
                                             root, overrides) and _summary(out / "datalist.json"))
         return out / "datalist.json"
@@ -215,7 +220,7 @@ class Pipeline:
             overrides = {**self.common(), "mask_datalist": str(datalist), "mask_key": key, "output_dir": str(out),
                          **self.sampling_overrides(spec)}
             stage = f"{name}.sample" + ("" if part == "synthetic" else ".test_masks")
-            self.runner.run(stage, {"overrides": _hide(overrides, self.out)},
+            self.runner.run(stage, {"overrides": _hide(overrides, self.out), "bundle": bundle_fingerprint(name, ["common.yaml", "inference.yaml"])},
                             after + (["mask_generator.sample"] if part == "synthetic" else []), [out],
                             lambda s=stage, o=overrides, d=out: self.bundle(s, name, ["common.yaml", "inference.yaml"], root, o)
                             and _summary(d / "datalist.json"))
@@ -237,7 +242,7 @@ class Pipeline:
             return {"summary": metrics["summary"], "patients": metrics["patients"], "training_slices": len(training),
                     **trainer_progress(root / "models" / "checkpoint_final.pt")}
 
-        return self.runner.run(f"seg.{mode}", {"bundle": bundle_fingerprint(SEG), "overrides": _hide(overrides, self.out)},
+        return self.runner.run(f"seg.{mode}", {"bundle": bundle_fingerprint(SEG, ["common.yaml", "train.yaml", "evaluate.yaml"]), "overrides": _hide(overrides, self.out)},
                                after, [root], job)
 
     def fidelity(self, name: str, paired: Path, after: list[str]) -> dict:
@@ -249,7 +254,8 @@ class Pipeline:
             scores = json.loads((out / "fidelity.json").read_text())
             return {k: scores[k] for k in ("n_synthetic", "fd_seg", "kid_seg", "mask_faithfulness", "real_dice", "paired") if k in scores}
 
-        return self.runner.run(f"fidelity.{name}", {"overrides": _hide(overrides, self.out)}, after, [out], job)
+        settings = {"overrides": _hide(overrides, self.out), "bundle": bundle_fingerprint(SEG, ["common.yaml", "fidelity.yaml"])}
+        return self.runner.run(f"fidelity.{name}", settings, after, [out], job)
 
     def audit(self, name: str, synthetic: Path, after: list[str], key: str = "training") -> dict:
         out = self.out / "privacy_audit" / name
@@ -268,7 +274,7 @@ class Pipeline:
             audit["leakage"].pop("synthetic_to_train", None)
             return _audit_digest(audit)
 
-        return self.runner.run(f"audit.{name}", {"bundle": bundle_fingerprint("privacy_audit"), "overrides": _hide(overrides, self.out)},
+        return self.runner.run(f"audit.{name}", {"bundle": bundle_fingerprint("privacy_audit", ["audit.yaml"]), "overrides": _hide(overrides, self.out)},
                                after, [out], job)
 
     def release(self, name: str, synthetic: Path, after: list[str], facts: dict) -> dict:
@@ -285,7 +291,8 @@ class Pipeline:
             card = {**facts, "gate": gate}
             return {**export_release(gated, out, card), "gate": gate}
 
-        return self.runner.run(f"release.{name}", {"facts": facts}, after, [out], job)
+        settings = {"facts": facts, "bundle": bundle_fingerprint("privacy_audit", ["release.yaml"])}
+        return self.runner.run(f"release.{name}", settings, after, [out], job)
 
     # ---- the whole run -------------------------------------------------------------------------------------------
     def run(self) -> dict:

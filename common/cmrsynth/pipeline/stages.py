@@ -45,9 +45,9 @@ def files_fingerprint(paths: Sequence[Path]) -> str:
     return h.hexdigest()[:16]
 
 
-def bundle_fingerprint(bundle: str) -> str:
-    """The hash of a bundle's configs: a changed recipe reruns the stages that use it."""
-    return files_fingerprint(sorted((REPO / "bundles" / bundle / "configs").glob("*.yaml")))
+def bundle_fingerprint(bundle: str, configs: Sequence[str]) -> str:
+    """The hash of the config files a stage runs: a changed recipe reruns the stages that use it (and only them)."""
+    return files_fingerprint([REPO / "bundles" / bundle / "configs" / c for c in configs])
 
 
 class StageRunner:
@@ -87,7 +87,7 @@ class StageRunner:
         t0 = time.perf_counter()
         result = self._tracked(name, settings, job)
         seconds = round(time.perf_counter() - t0, 1)
-        wrote = ", ".join(self._short(f) for f in folders)
+        wrote = ", ".join(self._short(f) for f in folders if Path(f).is_dir())
         record = {"hash": key, "status": "done", "settings": settings, "seconds": seconds, "wrote": wrote, "result": result}
         write_json_atomic(path, record)
         self.records[name] = record
