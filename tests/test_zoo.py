@@ -72,6 +72,28 @@ def test_a_tampered_weight_file_is_refused_and_nothing_is_installed(tmp_path):
     assert not (tmp_path / "installed").exists()
 
 
+def test_a_changed_config_or_an_unlisted_file_is_refused(tmp_path):
+    packed = zoo.pack(REPO / "bundles" / "ddpm_cmr", _trained_root(tmp_path), ["models/best_ema.pt"], tmp_path / "b.zip")
+    folder = zoo.install(packed, tmp_path / "installed")
+    (folder / "configs" / "inference.yaml").write_text("run: ['$__import__(\"os\").system(\"true\")']\n")
+    with pytest.raises(CMRDataError, match="inference.yaml: sha256 .* changed after packing"):
+        zoo.verify(folder)
+    folder = zoo.install(packed, tmp_path / "again")
+    (folder / "configs" / "extra.yaml").write_text("x: 1\n")
+    with pytest.raises(CMRDataError, match="extra.yaml: not listed when the bundle was packed"):
+        zoo.verify(folder)
+
+
+def test_a_zip_member_outside_its_folder_is_refused(tmp_path):
+    evil = tmp_path / "evil.zip"
+    with zipfile.ZipFile(evil, "w") as z:
+        z.writestr("b/configs/metadata.json", "{}")
+        z.writestr("../escaped.txt", "x")
+    with pytest.raises(CMRDataError, match="points outside its folder"):
+        zoo.install(evil, tmp_path / "installed")
+    assert not (tmp_path.parent / "escaped.txt").exists()
+
+
 def test_install_refuses_a_file_that_is_not_a_zip(tmp_path):
     bad = tmp_path / "bundle.zip"
     bad.write_text("not a zip")

@@ -34,7 +34,8 @@ def _run(args: argparse.Namespace) -> int:
 
     req = Request(out=Path(args.out), input=Path(args.input) if args.input else None, reader=args.reader,
                   info_csv=Path(args.info_csv) if args.info_csv else None, preset=args.preset,
-                  generators=tuple(args.generators or GENERATORS), seed=args.seed, sampling=args.sampling)
+                  generators=tuple(args.generators or GENERATORS), seed=args.seed, sampling=args.sampling,
+                  real_slices_in_report=not args.no_real_slices)
     facts = Pipeline(req).run()
     out = req.out.absolute()
     usable = facts["report"]["usable"]
@@ -81,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--sampling", choices=["fast", "teacher"], default=None,
                      help="fast: 2-step reflow students of every generator (default of cpu64 and paper128); teacher: the "
                           "bundles' own samplers (default of demo)")
+    run.add_argument("--no-real-slices", action="store_true",
+                     help="leave the real training slices out of the report (to share it beyond those who may see the cohort)")
     run.set_defaults(func=_run)
     zoo = sub.add_parser("zoo", help="validate, pack, verify or install bundles")
     zsub = zoo.add_subparsers(dest="action", required=True)
@@ -112,9 +115,12 @@ def main(argv: list[str] | None = None) -> int:
     except StageFailed as exc:
         print(f"error: {exc}; rerun the same command to resume", file=sys.stderr)
         return 1
-    except (CMRDataError, FileExistsError, ValueError, OSError) as exc:
+    except (CMRDataError, FileExistsError, ValueError) as exc:
         print(error_line(exc), file=sys.stderr)
         return EXIT_BAD_INPUT
+    except OSError as exc:  # a full disk, a file gone: not the input's fault; what is done stays done
+        print(f"error: {exc.filename or ''}: {exc.strerror or exc}; rerun the same command to resume", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -64,11 +64,12 @@ def export_generator(generator, out_dir: str | Path) -> dict[str, Path]:
     wrapper = TraceableDenoiser(generator.denoiser, getattr(generator.denoiser, "mask_mode", "none") != "none",
                                 bool(generator.classes.groups)).eval()
     paths = {"denoiser": out_dir / "denoiser.ts"}
-    warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)  # shape checks become constants: intended
-    torch.jit.trace(wrapper, inputs, check_trace=False).save(str(paths["denoiser"]))
-    if hasattr(generator.codec, "autoencoder"):
-        paths["decoder"] = out_dir / "decoder.ts"
-        torch.jit.trace(Decoder(generator.codec).eval(), (inputs[0],), check_trace=False).save(str(paths["decoder"]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape checks become constants: intended
+        torch.jit.trace(wrapper, inputs, check_trace=False).save(str(paths["denoiser"]))
+        if hasattr(generator.codec, "autoencoder"):
+            paths["decoder"] = out_dir / "decoder.ts"
+            torch.jit.trace(Decoder(generator.codec).eval(), (inputs[0],), check_trace=False).save(str(paths["decoder"]))
     return paths
 
 
@@ -77,6 +78,7 @@ def export_network(network: nn.Module, example: torch.Tensor, path: str | Path) 
     """Trace a one-input network (the segmenter) to ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-    torch.jit.trace(network.eval(), (example,), check_trace=False).save(str(path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        torch.jit.trace(network.eval(), (example,), check_trace=False).save(str(path))
     return path

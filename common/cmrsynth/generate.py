@@ -246,7 +246,7 @@ def merge_shards(out_dir: str | Path, world_size: int, overwrite: bool = True) -
         if not (shard / "datalist.json").is_file():
             raise CMRDataError(shard, f"shard missing: every one of the {world_size} processes must finish before the merge")
     parts = [json.loads((shard / "datalist.json").read_text()) for shard in shards]
-    entries = sorted((e for p in parts for e in p["training"]), key=lambda e: e["synthetic_id"])
+    entries = sorted((e for p in parts for e in p["training"]), key=lambda e: int(e["synthetic_id"].removeprefix("syn")))
     planned = parts[0]["summary"]["planned"]
     ids = [e["synthetic_id"] for e in entries]
     if ids != [f"syn{i:05d}" for i in range(planned)]:
@@ -258,7 +258,8 @@ def merge_shards(out_dir: str | Path, world_size: int, overwrite: bool = True) -
     with atomic_directory(out_dir, overwrite=overwrite) as tmp:
         for shard in shards:
             for folder in ("images", "labels"):
-                shutil.copytree(shard / folder, tmp / folder, dirs_exist_ok=True)
+                if (shard / folder).is_dir():  # a rank with no mask to draw wrote none
+                    shutil.copytree(shard / folder, tmp / folder, dirs_exist_ok=True)
         write_json_atomic(tmp / "datalist.json", {**parts[0], "training": entries, "summary": summary})
         write_json_atomic(tmp / "provenance.json", provenance)
         _samples_grid([np.asanyarray(nib.load(tmp / e["image"]).dataobj) for e in entries],

@@ -11,10 +11,11 @@
 """Bundles that travel: validate a bundle's metadata, pack it with its weights, install and verify one.
 
 A packed bundle is a zip holding one folder ``<bundle>/`` with ``configs/``, ``docs/``, the weights under
-``models/`` and ``large_files.yml`` (MONAI's convention) listing each weight file with its sha256. Installing
-checks the metadata against the schema the product ships (``cmrsynth/schemas/bundle_metadata.json``; no download)
-and every listed hash, in a folder beside the target that replaces it only when all passed: a tampered or missing
-file is one clear error and nothing is installed.
+``models/``, ``large_files.yml`` (MONAI's convention) listing each weight file with its sha256, and ``files.sha256``
+listing every other file (configs run as code: they are checked too). Installing checks the metadata against the
+schema the product ships (``cmrsynth/schemas/bundle_metadata.json``; no download) and every hash, in a folder beside
+the target that replaces it only when all passed: a tampered, missing or unlisted file is one clear error and
+nothing is installed.
 """
 
 from __future__ import annotations
@@ -28,11 +29,12 @@ from pathlib import Path
 
 import yaml
 
-from cmrsynth.data.atomic import atomic_directory
+from cmrsynth.data.atomic import MANIFEST, atomic_directory
 from cmrsynth.errors import CMRDataError
 
 SCHEMA = Path(__file__).parent / "schemas" / "bundle_metadata.json"
 LARGE_FILES = "large_files.yml"
+CHECKSUMS = "files.sha256"
 
 
 def sha256(path: Path) -> str:
@@ -79,14 +81,17 @@ def pack(bundle_dir: str | Path, run_root: str | Path, weights: list[str], out_z
         entries.append({"path": rel, "url": "", "hash_val": sha256(run_root / rel), "hash_type": "sha256"})
     out_zip.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_zip.with_name(out_zip.name + ".tmp")
+    texts = [f for sub in ("configs", "docs") for f in sorted((bundle_dir / sub).rglob("*")) if f.is_file()]
+    listing = yaml.safe_dump({"large_files": entries}, sort_keys=False)
+    checksums = "".join(f"{sha256(f)}  {f.relative_to(bundle_dir).as_posix()}\n" for f in texts)
+    checksums += f"{hashlib.sha256(listing.encode()).hexdigest()}  {LARGE_FILES}\n"
     with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
-        for sub in ("configs", "docs"):
-            for f in sorted((bundle_dir / sub).rglob("*")):
-                if f.is_file():
-                    z.write(f, f"{name}/{f.relative_to(bundle_dir)}")
+        for f in texts:
+            z.write(f, f"{name}/{f.relative_to(bundle_dir).as_posix()}")
         for e in entries:
             z.write(run_root / e["path"], f"{name}/{e['path']}")
-        z.writestr(f"{name}/{LARGE_FILES}", yaml.safe_dump({"large_files": entries}, sort_keys=False))
+        z.writestr(f"{name}/{LARGE_FILES}", listing)
+        z.writestr(f"{name}/{CHECKSUMS}", checksums)
     tmp.replace(out_zip)
     print(f"packed {name} {meta['version']}: {len(entries)} weight file(s) -> {out_zip}")
     return out_zip
@@ -99,19 +104,42 @@ def verify(bundle_dir: str | Path) -> list[dict]:
         CMRDataError: a missing or changed file, naming it and both hashes.
     """
     bundle_dir = Path(bundle_dir)
-    validate_metadata(bundle_dir)
-    listing = bundle_dir / LARGE_FILES
-    if not listing.is_file():
-        raise CMRDataError(listing, "no large_files.yml: nothing lists the weights and their hashes")
-    entries = (yaml.safe_load(listing.read_text()) or {}).get("large_files", [])
-    for e in entries:
-        path = bundle_dir / e["path"]
+    for required in (LARGE_FILES, CHECKSUMS):
+        if not (bundle_dir / required).is_file():
+            raise CMRDataError(bundle_dir / required, "missing: a packed bundle lists every file with its sha256")
+    entries = _large_files(bundle_dir / LARGE_FILES)
+    expected = {e["path"]: e["hash_val"] for e in entries}
+    for line in (bundle_dir / CHECKSUMS).read_text().splitlines():
+        digest, _, rel = line.partition("  ")
+        expected[rel] = digest
+    for rel, digest in expected.items():
+        path = (bundle_dir / rel).resolve()
+        if bundle_dir.resolve() not in path.parents:
+            raise CMRDataError(bundle_dir / rel, "a listed file points outside the bundle folder")
         if not path.is_file():
-            raise CMRDataError(path, "listed in large_files.yml but missing")
+            raise CMRDataError(path, "listed with its sha256 but missing")
         got = sha256(path)
-        if got != e["hash_val"]:
-            raise CMRDataError(path, f"sha256 {got[:16]}... does not match {e['hash_val'][:16]}... in large_files.yml: the file "
+        if got != digest:
+            raise CMRDataError(path, f"sha256 {got[:16]}... does not match {digest[:16]}... listed when packed: the file "
                                      "was changed after packing; refusing to install it")
+    unlisted = sorted(p.relative_to(bundle_dir).as_posix() for p in bundle_dir.rglob("*")
+                      if p.is_file() and p.relative_to(bundle_dir).as_posix() not in {*expected, CHECKSUMS, MANIFEST, ".source.sha256"})
+    if unlisted:
+        raise CMRDataError(bundle_dir / unlisted[0], "not listed when the bundle was packed: refusing to install it")
+    validate_metadata(bundle_dir)
+    return entries
+
+
+def _large_files(path: Path) -> list[dict]:
+    """The entries of a large_files.yml, each with a relative ``path`` and a sha256 ``hash_val``."""
+    try:
+        entries = (yaml.safe_load(path.read_text()) or {}).get("large_files", [])
+        ok = isinstance(entries, list) and all(isinstance(e, dict) and isinstance(e.get("path"), str) and
+                                               e.get("hash_type") == "sha256" and isinstance(e.get("hash_val"), str) for e in entries)
+    except (yaml.YAMLError, AttributeError):
+        ok = False
+    if not ok:
+        raise CMRDataError(path, "not a large_files.yml of cmr-synth: a list 'large_files' of {path, hash_val, hash_type: sha256}")
     return entries
 
 
@@ -135,7 +163,7 @@ def install(source: str | Path, target: str | Path) -> Path:
         else:
             folder = source
         verify(folder)
-        with atomic_directory(target, overwrite=True) as tmp:
+        with atomic_directory(target, overwrite=True, inputs=[source]) as tmp:
             shutil.copytree(folder, tmp, dirs_exist_ok=True)
     return target
 

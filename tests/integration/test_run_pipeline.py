@@ -50,7 +50,7 @@ def test_the_pipeline_runs_every_stage_and_says_where_things_are(pipeline_run):
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.splitlines()
     stages = [line for line in lines if line.startswith("[")]
-    assert stages[0].split()[-3:] == ["s", "->", "prepared"] or "prepare" in stages[0]
+    assert stages[0].split()[1] == "prepare" and stages[0].endswith("-> prepared")
     assert len(stages) == int(stages[0].split("/")[1].split("]")[0]), "one line per stage, numbered out of the total"
     assert any("ldm_cmr.train.autoencoder" in s for s in stages) and any("audit.mask_generator" in s for s in stages)
     assert f"report: {out / 'report' / 'report.html'}" in proc.stdout
@@ -132,11 +132,19 @@ def test_bad_requests_end_with_one_line_and_write_nothing(phantom_cohort_master,
     assert not out.exists()
 
 
-def test_a_cohort_too_small_for_the_preset_is_refused_before_training(phantom_cohort_master, tmp_path):
+def test_a_cohort_too_small_for_the_preset_is_refused_before_anything_is_written(phantom_cohort_master, tmp_path):
     out = tmp_path / "run"
-    proc = _run(["--input", str(phantom_cohort_master), "--preset", "demo", "--out", str(out)])
-    assert proc.returncode == 2 and "preset 'demo' needs at least" in proc.stderr, proc.stderr
-    assert not (out / "mask_generator").exists()
+    proc = _run(["--input", str(phantom_cohort_master), "--preset", "cpu64", "--out", str(out)])
+    assert proc.returncode == 2 and "preset 'cpu64' needs at least 6 training" in proc.stderr, proc.stderr
+    assert not out.exists()
+
+
+def test_a_cohort_without_labels_is_refused(phantom_cohort, tmp_path):
+    for gt in phantom_cohort.rglob("*_gt.nii.gz"):
+        gt.unlink()
+    proc = _run(["--input", str(phantom_cohort), "--preset", "smoke", "--out", str(tmp_path / "run")])
+    assert proc.returncode == 2 and proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, proc.stderr
+    assert not (tmp_path / "run").exists()
 
 
 def test_an_output_inside_the_cohort_is_refused(phantom_cohort, tmp_path):

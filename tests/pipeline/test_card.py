@@ -86,13 +86,22 @@ def test_report_files_hold_the_table_and_embed_every_figure(tmp_path):
     result = write_report(SMOKE, _figures(tmp_path), out, {"cpu_threads": 2})
     assert result == {"generators": 3, "usable": 0}
     md = (out / "report.md").read_text()
-    assert md.startswith("# cmr-synth report card\n\n## Summary") and "| mask faithfulness Dice LV / MYO / RV |" in md
+    assert md.startswith("# cmr-synth report card\n\nThis report shows real training slices") and "## Summary" in md
+    assert "| mask faithfulness Dice LV / MYO / RV |" in md
     with open(out / "report.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["generator"] for r in rows] == ["ddpm_cmr", "fm_cmr", "ldm_cmr"]
     page = (out / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 6 and "src=\"file:" not in page and "<script" not in page
     assert json.loads((out / "report.json").read_text())["comparison"][0]["generator"] == "ddpm_cmr"
+
+
+def test_real_slices_can_be_left_out_of_the_report(tmp_path):
+    figures = {**_figures(tmp_path), "real": None}
+    write_report(SMOKE, figures, tmp_path / "report", {"cpu_threads": 2})
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 5 and "No real patient image is shown" in page
+    assert not (tmp_path / "report" / "real_slices.png").exists()
 
 
 @pytest.mark.skipif(browser.CHROMIUM is None, reason="Debian's chromium is not installed (scripts/install.sh installs it as root)")

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 
 import nibabel as nib
@@ -54,10 +55,11 @@ def test_release_writes_both_formats_and_a_card_without_identifiers(tmp_path):
     assert (out / data["training"][0]["image"]).is_file()
     for f in out.rglob("*"):
         if f.is_file():
-            text = f.read_bytes()
+            text = gzip.decompress(f.read_bytes()) if f.suffix == ".gz" else f.read_bytes()
             assert b"patient001" not in text and b"/data/" not in text, f
     card = (out / "data_card.md").read_text()
-    assert "2 patients" not in card and "NOR" in card and "1 of 3 slices removed" in card
+    assert "3 patients by group" in card and '"NOR": 2' in card and "1 of 3 slices removed" in card
+    assert set(data["training"][0]) == {"image", "label", "synthetic_id", "group", "phase"}
 
 
 def test_an_empty_gated_set_is_refused_and_nothing_is_written(tmp_path):

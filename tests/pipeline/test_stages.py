@@ -28,10 +28,18 @@ def test_a_done_stage_is_skipped_with_the_same_settings(tmp_path):
     calls = []
     for _ in range(2):
         runner = _runner(tmp_path)
-        result = runner.run("a", {"steps": 3}, [], [tmp_path / "a"], lambda: calls.append(1) or {"value": 1.5})
+        result = runner.run("a", {"steps": 3}, [], [tmp_path / "a"], lambda: calls.append(1) or (tmp_path / "a").mkdir() or {"value": 1.5})
         assert result == {"value": 1.5}
     assert len(calls) == 1
     assert "up to date, skipped" in runner.stream.getvalue()
+
+
+def test_a_done_stage_whose_output_was_deleted_runs_again(tmp_path):
+    calls = []
+    for _ in range(2):
+        _runner(tmp_path).run("a", {}, [], [tmp_path / "a"], lambda: calls.append(1) or (tmp_path / "a").mkdir() or {})
+        (tmp_path / "a").rmdir()
+    assert len(calls) == 2
 
 
 def test_changed_settings_remove_the_old_outputs_and_rerun(tmp_path):

@@ -205,9 +205,9 @@ class Generator:
         z = get_sampler(sampler)(model, noise, times, callback=callback, generator=generator, **options)
         return noise, z, model.nfe
 
-    def example_inputs(self, batch: int = 1, fill=torch.randn, generator: torch.Generator | None = None):
-        """Inputs of one network evaluation: (x_t in latent shape, times at noise level 0.5 (1.0 for ``zeros``),
-        the one-hot mask or None, class labels or None), on the generator's device."""
+    def example_inputs(self, batch: int = 1, fill=torch.randn, generator: torch.Generator | None = None, level: float = 0.5):
+        """Inputs of one network evaluation: (x_t in latent shape filled by ``fill``, times at noise ``level``, a
+        random one-hot mask or None, class labels or None), on the generator's device."""
         from cmrsynth.labels import NUM_CLASSES
 
         device, size = self.device, (self.image_size, self.image_size)
@@ -218,7 +218,6 @@ class Generator:
             mask = F.one_hot(torch.randint(0, NUM_CLASSES, (batch, *size), generator=generator), NUM_CLASSES)
             mask = mask.permute(0, 3, 1, 2).float().to(device)
         labels = torch.zeros(batch, dtype=torch.long, device=device) if self.classes.groups else None
-        level = 1.0 if fill is torch.zeros else 0.5
         return z, self.objective.time_at_level(level, batch, device), mask, labels
 
     @torch.no_grad()
@@ -228,7 +227,7 @@ class Generator:
         evaluation of a sampler costs the same, and a guided one counts both passes."""
         from torch.utils.flop_counter import FlopCounterMode
 
-        z, t, mask, labels = self.example_inputs(1, torch.zeros)
+        z, t, mask, labels = self.example_inputs(1, torch.zeros, level=1.0)
         w = self.settings(guidance_scale=guidance_scale)["guidance_scale"]
         model = self.bind(mask, labels, w)
         with FlopCounterMode(display=False) as evaluation:

@@ -117,7 +117,10 @@ def summary_lines(facts: dict, rows: list[dict]) -> list[str]:
 def markdown(facts: dict, rows: list[dict], machine: dict, images: dict[str, str] | None = None) -> str:
     """The report as markdown (``images`` maps figure names to links)."""
     images = images or {}
-    md = ["# cmr-synth report card", "", "## Summary", ""] + [f"- {line}" for line in summary_lines(facts, rows)] + [""]
+    real = "real slices (training patients)" in images
+    note = ("This report shows real training slices beside the synthetic ones: share it only with those who may see the "
+            "cohort, or rerun with `--no-real-slices`." if real else "No real patient image is shown in this report.")
+    md = ["# cmr-synth report card", "", note, "", "## Summary", ""] + [f"- {line}" for line in summary_lines(facts, rows)] + [""]
     md += ["## Comparison (the paper's table)", "",
            "| | " + " | ".join(r["generator"] for r in rows) + " |", "|---|" + "---|" * len(rows)]
     table = [
@@ -259,7 +262,8 @@ def write_report(facts: dict, figures: dict[str, Path], out: Path, machine: dict
 
     Args:
         facts: the pipeline's results (``Pipeline.run``).
-        figures: "real" (the prepared folder: a preview is drawn), "masks" and one sample grid per generator (PNG).
+        figures: "real" (the prepared folder: a preview is drawn; None leaves real slices out), "masks" and one sample
+            grid per generator (PNG).
         out: the report folder.
         machine: hardware facts.
     """
@@ -270,10 +274,11 @@ def write_report(facts: dict, figures: dict[str, Path], out: Path, machine: dict
     out.mkdir(parents=True, exist_ok=True)
     rows = comparison_rows(facts)
     real_dice = _mean_dice(facts["utility"]["real"]["summary"])
-    pngs = {"real slices (training patients)": datalist_preview(figures["real"], out / "real_slices.png"),
-            "trade-off: utility, privacy, fidelity": tradeoff_figure(rows, real_dice, out / "tradeoff.png")}
+    pngs = {"trade-off: utility, privacy, fidelity": tradeoff_figure(rows, real_dice, out / "tradeoff.png")}
+    if figures.get("real") is not None:
+        pngs["real slices (training patients)"] = datalist_preview(figures["real"], out / "real_slices.png")
     for key, png in figures.items():
-        if key != "real" and Path(png).is_file():
+        if key != "real" and png is not None and Path(png).is_file():
             name = "synthetic masks" if key == "masks" else f"{key} samples"
             pngs[name] = Path(shutil.copyfile(png, out / f"{key}.png"))
     text = markdown(facts, rows, machine, {k: v.name for k, v in pngs.items()})

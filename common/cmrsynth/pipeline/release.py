@@ -27,7 +27,7 @@ from cmrsynth.errors import CMRDataError
 from cmrsynth.labels import CHANNEL_DEF
 
 #: the datalist fields a released entry may carry
-RELEASED_FIELDS = ("synthetic_id", "group", "phase", "slice_position", "spacing")
+RELEASED_FIELDS = ("synthetic_id", "group", "phase", "spacing")
 
 
 def nnunet_dataset_json(n_training: int, name: str) -> dict:

@@ -23,6 +23,7 @@ import hashlib
 import json
 import shutil
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 from cmrsynth.bundle_run import run_bundle, trainer_progress
@@ -31,6 +32,7 @@ from cmrsynth.errors import CMRDataError
 from cmrsynth.pipeline.presets import GENERATORS, MASK_GENERATOR, GeneratorSpec, Preset, TrainStep, generators, preset
 from cmrsynth.pipeline.stages import REPO, StageRunner, bundle_fingerprint, fingerprint
 from cmrsynth.tracking import create_experiments, tracked_run
+from cmrsynth.zoo import sha256
 
 EXPERIMENT = "cmr-synth-pipeline"
 BUNDLES = REPO / "bundles"
@@ -54,16 +56,17 @@ class Request:
     generators: tuple[str, ...] = ("ddpm_cmr", "fm_cmr", "ldm_cmr")
     seed: int = 0
     sampling: str | None = None  # None: the preset's ("fast": 2-step students; "teacher": the bundles' samplers)
+    real_slices_in_report: bool = True  # real training slices beside the synthetic ones in the report
 
 
 def cohort_fingerprint(path: Path) -> str:
     """A hash of a cohort's file names, sizes and modification times (its path is not part of it: nothing
     identifying goes into the run's records)."""
     h = hashlib.sha256()
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    for f in files:
+    root = path.parent if path.is_file() else path  # a datalist's files sit around it
+    for f in sorted(p for p in root.rglob("*") if p.is_file()):
         st = f.stat()
-        h.update(f"{f.relative_to(path) if f != path else f.name}:{st.st_size}:{int(st.st_mtime)}".encode())
+        h.update(f"{f.relative_to(root)}:{st.st_size}:{int(st.st_mtime)}".encode())
     return h.hexdigest()[:16]
 
 
@@ -86,10 +89,11 @@ class Pipeline:
         """``python -m monai.bundle run`` of a bundle into ``root``, logged to logs/<stage>.log; one line on failure."""
         log = self.out / "logs" / f"{stage}.log"
         extra = ["--tracking", "mlflow", "--tracking_uri", self.uri] if tracked else []
+        start = log.stat().st_size if log.is_file() else 0  # the log keeps earlier attempts: read only this one
         try:
             return run_bundle(BUNDLES / bundle, configs, root, overrides, log=log, extra_args=extra, cwd=self.out)
         except RuntimeError:
-            raise StageFailed(f"stage {stage}: {_cause(log)} (log: {log})") from None
+            raise StageFailed(f"stage {stage}: {_cause(log, start)} (log: {log})") from None
 
     def common(self) -> dict:
         return {"image_size": self.preset.size, "seed": self.req.seed}
@@ -133,20 +137,21 @@ class Pipeline:
                 records = read_cohort("acdc", cohort)
             summary = prepare_cohort(records, self.prepared, cfg, overwrite=True,
                                      inputs=[p for p in (self.req.input, self.req.info_csv) if p])
-            self.check_split(summary)
+            self.check_split(summary["patients_per_split"], summary["patients"])
             return {k: summary[k] for k in ("patients", "slices", "patients_per_split", "slices_per_split")}
 
         return self.runner.run("prepare", {**source, "prepare": asdict(cfg)}, [],
                                [self.prepared, self.out / "cohort"], job)
 
-    def check_split(self, summary: dict) -> None:
-        """A preset that does not fit the cohort is one clear error before any training."""
-        split = summary["patients_per_split"]
+    def check_split(self, split: dict[str, int], patients: int | None = None) -> None:
+        """A preset that does not fit the cohort is one clear error (checked on the planned split before anything is
+        written, and again on the prepared one)."""
         need = max((*self.preset.few_real, 1)) + 1
         if split.get("train", 0) < need or split.get("val", 0) < 1 or split.get("test", 0) < 1:
+            n = sum(split.values()) if patients is None else patients
             raise CMRDataError(self.req.input or "phantom cohort",
-                               f"{summary['patients']} labelled patients split {split}: preset {self.preset.name!r} needs at "
-                               f"least {need} training, 1 validation and 1 test patient")
+                               f"{n} labelled patients split {split}: preset {self.preset.name!r} needs at least {need} "
+                               "training, 1 validation and 1 test patient")
 
     def train(self, spec: GeneratorSpec) -> list[str]:
         """Each training command of a generator bundle (fine-tuned from the shipped phantom weights with ``from_zoo``)."""
@@ -192,12 +197,21 @@ class Pipeline:
                                "overrides": _hide(overrides, self.out)}, after, [root], job)
         return name
 
-    def install_zoo(self, bundle: str) -> Path:
-        from cmrsynth.zoo import install
+    def draw(self, stage: str, bundle: str, root: Path, overrides: dict, out: Path) -> dict:
+        """Images for a datalist's masks (a generator bundle's inference.yaml); returns its sampling summary."""
+        self.bundle(stage, bundle, ["common.yaml", "inference.yaml"], root, overrides)
+        return _summary(out / "datalist.json")
 
-        target = self.out / "zoo" / bundle
-        if not (target / "large_files.yml").is_file():
-            install(ZOO_PHANTOM / f"{bundle}.zip", target)
+    def install_zoo(self, bundle: str) -> Path:
+        """The shipped phantom-trained bundle, installed (hash-verified) under the run folder; reinstalled when the
+        shipped zip changed."""
+        from cmrsynth.zoo import install, sha256
+
+        source, target = ZOO_PHANTOM / f"{bundle}.zip", self.out / "zoo" / bundle
+        digest = sha256(source) if source.is_file() else None
+        if digest is None or not (target / ".source.sha256").is_file() or (target / ".source.sha256").read_text() != digest:
+            install(source, target)
+            (target / ".source.sha256").write_text(digest)
         return target
 
     def sample_masks(self, after: list[str]) -> Path:
@@ -206,10 +220,13 @@ class Pipeline:
         overrides = {**self.common(), "per_class": self.preset.per_class, "output_dir": str(out),
                      "keep_implausible": self.preset.keep_implausible, **self.sampling_overrides(MASK_GENERATOR)}
         configs = ["common.yaml", "inference.yaml"]
+
+        def job() -> dict:
+            self.bundle("mask_generator.sample", "mask_generator", configs, root, overrides)
+            return _summary(out / "datalist.json")
+
         self.runner.run("mask_generator.sample", {"overrides": _hide(overrides, self.out),
-                                                  "bundle": bundle_fingerprint("mask_generator", configs)}, after, [out],
-                        lambda: self.bundle("mask_generator.sample", "mask_generator", ["common.yaml", "inference.yaml"],
-                                            root, overrides) and _summary(out / "datalist.json"))
+                                                  "bundle": bundle_fingerprint("mask_generator", configs)}, after, [out], job)
         return out / "datalist.json"
 
     def sample_images(self, name: str, masks: Path, after: list[str]) -> dict[str, Path]:
@@ -222,8 +239,7 @@ class Pipeline:
             stage = f"{name}.sample" + ("" if part == "synthetic" else ".test_masks")
             self.runner.run(stage, {"overrides": _hide(overrides, self.out), "bundle": bundle_fingerprint(name, ["common.yaml", "inference.yaml"])},
                             after + (["mask_generator.sample"] if part == "synthetic" else []), [out],
-                            lambda s=stage, o=overrides, d=out: self.bundle(s, name, ["common.yaml", "inference.yaml"], root, o)
-                            and _summary(d / "datalist.json"))
+                            partial(self.draw, stage, name, root, overrides, out))
             lists[part] = out / "datalist.json"
         return lists
 
@@ -302,6 +318,8 @@ class Pipeline:
         check_output_path(self.out, [p for p in (self.req.input, self.req.info_csv) if p])
         # the cohort is read before anything is written: a reader / cohort mismatch leaves no run folder behind
         self.records = None if self.req.input is None else read_cohort(self.req.reader, self.req.input, self.req.info_csv)
+        if self.records is not None:
+            self.check_split(_planned_split(self.records, self.req.seed))
         self.out.mkdir(parents=True, exist_ok=True)
         bundles = [MASK_GENERATOR.bundle, *self.names, SEG, "privacy_audit"]
         self.uri = create_experiments(self.out, [EXPERIMENT, *bundles])
@@ -358,8 +376,8 @@ class Pipeline:
         weights = self.sampling_root(GENERATORS[name]) / "models" / "best_ema.pt"
         meta = json.loads((BUNDLES / name / "configs" / "metadata.json").read_text())
         audit, fid = facts["privacy"][name], facts["fidelity"][name]
-        return {"generator": name, "bundle_version": meta["version"], "image_size": self.preset.size, "weights_sha256": _sha256(weights),
-                "sampler": facts["sampling"][name].get("sampler"), "source_training_patients": sum(groups.values()),
+        return {"generator": name, "bundle_version": meta["version"], "image_size": self.preset.size, "weights_sha256": sha256(weights),
+                "sampler": _sampler_words(facts["sampling"][name], self.fast), "source_training_patients": sum(groups.values()),
                 "source_groups": groups, "epsilon": None, "audit": audit,
                 "usable_note": usability(fid)["note"],
                 "intended_use": "research on segmentation and synthetic-data methods; not for clinical use or diagnosis"}
@@ -367,7 +385,7 @@ class Pipeline:
     def report(self, facts: dict, images: dict, masks: Path) -> dict:
         from cmrsynth.pipeline.card import write_report
 
-        figures = {"real": self.prepared, "masks": masks.parent / "masks.png",
+        figures = {"real": self.prepared if self.req.real_slices_in_report else None, "masks": masks.parent / "masks.png",
                    **{n: images[n]["synthetic"].parent / "samples.png" for n in self.names}}
         out = self.out / "report"
         return self.runner.run("report", {"facts": fingerprint(facts)}, [], [out],
@@ -409,6 +427,19 @@ def install_shipped(zoo: Path | None, root: Path, step: TrainStep) -> dict:
     return {"installed": [f.name for f in shipped]}
 
 
+def _planned_split(records, seed: int) -> dict[str, int]:
+    """Patients per split that preparation will make (labelled patients, the default fractions and seed)."""
+    from cmrsynth.data.splits import split_patients
+
+    split = split_patients({r.patient_id: r.group for r in records if r.labelled}, seed=seed)
+    return {s: sum(v == s for v in split.values()) for s in ("train", "val", "test")}
+
+
+def _sampler_words(sampling: dict, student: bool) -> str:
+    words = f"{sampling.get('sampler')}, {sampling.get('nfe')} network evaluations"
+    return f"a 2-step reflow student of the trained generator ({words})" if student else words
+
+
 def _progress(root: Path, step: TrainStep) -> dict:
     ckpt = root / "models" / ("autoencoder" if "train_autoencoder.yaml" in step.configs else "") / "checkpoint_final.pt"
     return trainer_progress(ckpt) if ckpt.is_file() else {}
@@ -418,12 +449,8 @@ def _summary(datalist: Path) -> dict:
     return json.loads(datalist.read_text())["summary"]
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "missing"
-
-
 def _zoo_hash(zoo: Path | None) -> str | None:
-    return None if zoo is None else hashlib.sha256((zoo / "large_files.yml").read_bytes()).hexdigest()[:16]
+    return None if zoo is None else (zoo / ".source.sha256").read_text()[:16]
 
 
 def _hide(overrides: dict, out: Path) -> dict:
@@ -432,9 +459,11 @@ def _hide(overrides: dict, out: Path) -> dict:
     return json.loads(text)
 
 
-def _cause(log: Path) -> str:
-    """The line of a failed bundle run's log that says why: its own one-line error, else the last line."""
-    lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()] if log.is_file() else []
+def _cause(log: Path, start: int = 0) -> str:
+    """The line of a failed bundle run's log (from byte ``start``) that says why: its own one-line error, else the last
+    line."""
+    text = log.read_bytes()[start:].decode(errors="replace") if log.is_file() else ""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
     errors = [line.removeprefix("error: ") for line in lines if line.startswith("error:")]
     return (errors or lines or ["no output"])[-1]
 

@@ -76,9 +76,13 @@ class StageRunner:
         key = fingerprint({"settings": settings, "after": {a: self.records[a]["hash"] for a in after}})
         path = self._record_path(name)
         old = json.loads(path.read_text()) if path.is_file() else None
-        if old and old["hash"] == key and old["status"] == "done":
+        outputs_there = all(Path(f).exists() for f in folders if not Path(f).suffix)  # a deleted output is redone
+        if old and old["hash"] == key and old["status"] == "done" and outputs_there:
             self.records[name] = old
             self._line(name, "up to date, skipped", old.get("wrote", ""))
+            if self.tracker is not None:
+                with self.tracker.child(name, {"skipped": "up to date", "hash": key}):
+                    pass
             return old["result"]
         if old and old["hash"] != key:
             for folder in folders:
