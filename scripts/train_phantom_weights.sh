@@ -22,7 +22,7 @@ train() {  # bundle root_name epochs configs...
 { train mask_generator mask_generator 15 common.yaml train.yaml
   train fm_cmr fm_cmr 12 common.yaml train.yaml; } &
 { train ddpm_cmr ddpm_cmr 12 common.yaml train.yaml
-  train ldm_cmr ldm_cmr 8 common.yaml train_autoencoder.yaml
+  train ldm_cmr ldm_cmr 5 common.yaml train_autoencoder.yaml
   train ldm_cmr ldm_cmr 10 common.yaml train.yaml train_diffusion.yaml; } &
 wait
 # Pack: each generator's validation-best EMA; ldm_cmr also ships its autoencoder (the weights alone, no optimiser or

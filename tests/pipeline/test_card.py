@@ -87,7 +87,8 @@ def test_report_files_hold_the_table_and_embed_every_figure(tmp_path):
     assert result == {"generators": 3, "usable": 0}
     md = (out / "report.md").read_text()
     assert md.startswith("# cmr-synth report card\n\nThis report shows real training slices") and "## Summary" in md
-    assert "| mask faithfulness Dice LV / MYO / RV |" in md
+    assert "| mask faithfulness Dice LV / MYO / RV |" in md and "Sanity: ddpm_cmr with untrained weights" in md
+    assert "not usable, as it must be" in md
     with open(out / "report.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["generator"] for r in rows] == ["ddpm_cmr", "fm_cmr", "ldm_cmr"]

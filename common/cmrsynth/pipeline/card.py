@@ -86,6 +86,18 @@ def _privacy_words(row: dict) -> str:
             f"{auc:.2f}, interval {lo:.2f}-{row['attack_auc_ci95'][1]:.2f}; with this few patients the interval is wide)")
 
 
+def sanity_line(sanity: dict) -> str:
+    """What an untrained generator scores (the fidelity floor must separate it from a working one)."""
+    from cmrsynth.pipeline.run import usability
+
+    f = sanity["mask_faithfulness"]
+    verdict = usability(sanity)
+    return (f"Sanity: {sanity['generator']} with untrained weights scores mask faithfulness LV / MYO / RV "
+            f"{_f(f['lv'])} / {_f(f['myo'])} / {_f(f['rv'])}, FD x100 {_f(100 * sanity['fd_seg'], 2)}: "
+            f"{'usable (the floor failed to catch it!)' if verdict['usable'] else 'not usable, as it must be'} "
+            f"(floor {0.5 * verdict['ceiling']:.2f}).")
+
+
 def summary_lines(facts: dict, rows: list[dict]) -> list[str]:
     """The plain-language summary at the top of the report."""
     real = _mean_dice(facts["utility"]["real"]["summary"])
@@ -142,6 +154,8 @@ def markdown(facts: dict, rows: list[dict], machine: dict, images: dict[str, str
         ("DP epsilon", lambda r: "not used"),
     ]
     md += [f"| {label} | " + " | ".join(cell(r) for r in rows) + " |" for label, cell in table] + [""]
+    if "sanity" in facts:
+        md += [sanity_line(facts["sanity"]), ""]
     md += ["## Utility: Dice per structure and phase on the real test patients (mean [95 % CI])", "",
            "| training set | " + " | ".join(f"{p} {s.upper()}" for p in PHASES for s in STRUCTURES) + " |",
            "|---|" + "---|" * 6]

@@ -115,7 +115,8 @@ class Pipeline:
         mask_train = len(MASK_GENERATOR.train)
         train = sum(len(GENERATORS[n].train) for n in self.names)
         distill = (per_gen + 1) if self.fast else 0
-        return 1 + mask_train + 1 + train + distill + 2 * per_gen + seg + per_gen + (per_gen + 1) + per_gen + 1
+        sanity = 2  # the untrained generator's images and their fidelity
+        return 1 + mask_train + 1 + train + distill + 2 * per_gen + seg + per_gen + sanity + (per_gen + 1) + per_gen + 1
 
     # ---- stages --------------------------------------------------------------------------------------------------
     def prepare(self) -> dict:
@@ -273,6 +274,24 @@ class Pipeline:
         settings = {"overrides": _hide(overrides, self.out), "bundle": bundle_fingerprint(SEG, ["common.yaml", "fidelity.yaml"])}
         return self.runner.run(f"fidelity.{name}", settings, after, [out], job)
 
+    def untrained(self) -> dict:
+        """The sanity row: the first generator's bundle with freshly initialised weights draws the real test masks and
+        is scored like the others (its faithfulness is what the fidelity floor must stay above)."""
+        from cmrsynth.benchmark import untrained_generator
+
+        name = self.names[0]
+        root = self.out / "untrained" / name
+        paired = root / "eval" / "test_masks"
+        overrides = {**self.common(), "mask_datalist": str(self.real), "mask_key": "test", "output_dir": str(paired),
+                     "num_inference_steps": 10}
+
+        def job() -> dict:
+            untrained_generator(root, self.req.seed, bundle=name)
+            return {"generator": name, **self.draw("untrained.sample", name, root, overrides, paired)}
+
+        self.runner.run("untrained.sample", {"overrides": _hide(overrides, self.out)}, ["prepare"], [root], job)
+        return {"generator": name, **self.fidelity("untrained", paired / "datalist.json", ["untrained.sample", "seg.real"])}
+
     def audit(self, name: str, synthetic: Path, after: list[str], key: str = "training") -> dict:
         out = self.out / "privacy_audit" / name
         spec = GENERATORS.get(name, MASK_GENERATOR)
@@ -337,6 +356,7 @@ class Pipeline:
                 images[name] = self.sample_images(name, masks, trained[name])
             facts["utility"] = self.utility(images, trained)
             facts["fidelity"] = {n: self.fidelity(n, images[n]["test_masks"], [f"{n}.sample.test_masks", "seg.real"]) for n in self.names}
+            facts["sanity"] = self.untrained()
             facts["privacy"] = {n: self.audit(n, images[n]["synthetic"], [*trained[n], "seg.real", f"{n}.sample"]) for n in self.names}
             facts["privacy"][MASK_GENERATOR.bundle] = self.audit(MASK_GENERATOR.bundle, masks, [*mask_stages, "mask_generator.sample"], "synthetic")
             facts["sampling"] = {n: self.runner.records[f"{n}.sample"]["result"] for n in self.names}
