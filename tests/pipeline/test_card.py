@@ -24,7 +24,8 @@ from cmrsynth.pipeline.card import comparison_rows, summary_lines, write_report
 from cmrsynth.pipeline.run import usability
 from tests import browser
 
-# facts written by a real smoke-preset pipeline run (4 training steps: every generator below the fidelity floor)
+# facts written by a real smoke-preset pipeline run (4 training steps: every generator below the fidelity floor), from
+# before the pipeline had its sanity row (added by hand as a copy of ddpm_cmr's fidelity: 4 steps is nearly untrained)
 SMOKE = json.loads((Path(__file__).parent / "data" / "smoke_facts.json").read_text())
 
 
