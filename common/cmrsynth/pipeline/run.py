@@ -412,12 +412,9 @@ class Pipeline:
                                lambda: write_report(facts, figures, out, self.machine()))
 
     def machine(self) -> dict:
-        import platform
+        from cmrsynth.benchmark import machine
 
-        import torch
-
-        return {"cpu_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available(), "python": platform.python_version(),
-                "torch": torch.__version__, "device": self.preset.device_note, "processor": platform.processor() or platform.machine()}
+        return {**machine(), "preset": self.preset.device_note}
 
 
 def usability(fidelity: dict) -> dict:
