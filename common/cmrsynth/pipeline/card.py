@@ -49,7 +49,8 @@ def comparison_rows(facts: dict) -> list[dict]:
     rows = []
     for name in facts["request"]["generators"]:
         fid, audit, sampling = facts["fidelity"][name], facts["privacy"][name], facts["sampling"][name]
-        syn, mixed = facts["utility"][f"{name}/synthetic"]["summary"], facts["utility"][f"{name}/real+synthetic"]["summary"]
+        syn = facts["utility"][f"{name}/synthetic"]["summary"]
+        mixed = facts["utility"].get(f"{name}/real+synthetic", {}).get("summary")
         use = usability(fid)
         gate = facts["release"][name]["gate"]
         steps = sum(r.get("iteration", 0) for r in facts["training"][name].values())
@@ -60,7 +61,7 @@ def comparison_rows(facts: dict) -> list[dict]:
             **{f"faithfulness_{s}": fid["mask_faithfulness"][s] for s in STRUCTURES},
             "fd_seg_x100": 100 * fid["fd_seg"], "kid_seg_x1e4": 1e4 * fid["kid_seg"], "ssim": fid.get("paired", {}).get("ssim"),
             **{f"synthetic_dice_{s}_{p}": _dice(syn, p, s)["mean"] for p in PHASES for s in STRUCTURES},
-            "synthetic_dice_mean": _mean_dice(syn), "real_synthetic_dice_mean": _mean_dice(mixed),
+            "synthetic_dice_mean": _mean_dice(syn), "real_synthetic_dice_mean": _mean_dice(mixed) if mixed else None,
             "attack": audit["strongest"], "attack_auc": audit["strongest_auc"], "attack_auc_ci95": audit["strongest_ci95"],
             "slice_attack_auc": audit.get("slice_auc"), "slice_tpr_at_1pct_fpr": audit.get("slice_tpr_1pct"),
             "reconstruction_auc": audit.get("reconstruction_auc"),
@@ -72,6 +73,11 @@ def comparison_rows(facts: dict) -> list[dict]:
 
 def _f(x, digits: int = 3) -> str:
     return "n/a" if x is None or x != x else f"{x:.{digits}f}"
+
+
+def _mixed_words(row: dict) -> str:
+    mixed = row["real_synthetic_dice_mean"]
+    return "" if mixed is None else f"; with real data added, {mixed:.2f}"
 
 
 def _privacy_words(row: dict) -> str:
@@ -114,7 +120,7 @@ def summary_lines(facts: dict, rows: list[dict]) -> list[str]:
                "**not usable**: its images do not show the anatomy of their masks (below the fidelity floor)")
         lines.append(f"**{r['generator']}** is {use}. A segmenter trained on its synthetic images alone scores "
                      f"{r['synthetic_dice_mean']:.2f} on real test patients ({r['synthetic_dice_mean'] - real:+.2f} against real "
-                     f"data); with real data added, {r['real_synthetic_dice_mean']:.2f}. Privacy: {_privacy_words(r)}. The "
+                     f"data){_mixed_words(r)}. Privacy: {_privacy_words(r)}. The "
                      f"release gate removed {r['gate_removed']} near-copy slices and released {r['released']}.")
     usable = [r for r in rows if r["usable"]]
     if usable:

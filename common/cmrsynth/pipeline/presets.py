@@ -86,6 +86,7 @@ class Preset:
     segmenter_steps: int = 1000
     segmenter_overrides: dict = field(default_factory=dict)
     few_real: tuple[int, ...] = (5,)  # few-real curve: k real training patients, alone and with each generator's data
+    mixed: bool = True  # a segmenter on real + synthetic slices (1:1) per generator
     audit_slices_per_patient: int = 6
     phantom_per_group: int = 4  # the embedded cohort's size when no --input is given
     sampling: str = "fast"  # "fast": 2-step reflow students of every generator; "teacher": the bundles' own samplers
@@ -96,7 +97,7 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     "demo": Preset("demo", 64, {"mask": 2, "image": 3, "autoencoder": 0, "latent": 3}, epoch_length=50, from_zoo=True,
                    per_class=2, segmenter_steps=150, few_real=(), audit_slices_per_patient=4,
-                   segmenter_overrides={"batch_size": 16}, sampling="teacher"),
+                   segmenter_overrides={"batch_size": 16}, sampling="teacher", mixed=False),
     # the plumbing in a few minutes (tests): numbers from it mean nothing
     "smoke": Preset("smoke", 32, {"mask": 1, "image": 1, "autoencoder": 1, "latent": 1}, epoch_length=4, per_class=1,
                     segmenter_steps=50, few_real=(), audit_slices_per_patient=2, phantom_per_group=1,

@@ -111,7 +111,7 @@ class Pipeline:
 
     def total_stages(self) -> int:
         per_gen = len(self.names)
-        seg = 1 + 2 * per_gen + len(self.preset.few_real) * (1 + per_gen)
+        seg = 1 + (2 if self.preset.mixed else 1) * per_gen + len(self.preset.few_real) * (1 + per_gen)
         mask_train = len(MASK_GENERATOR.train)
         train = sum(len(GENERATORS[n].train) for n in self.names)
         distill = (per_gen + 1) if self.fast else 0
@@ -378,7 +378,8 @@ class Pipeline:
             syn = {"datalist": str(images[name]["synthetic"]), "key": "training"}
             after = [f"{name}.sample"]
             result[f"{name}/synthetic"] = self.segmenter(f"{name}.synthetic", [syn], after)
-            result[f"{name}/real+synthetic"] = self.segmenter(f"{name}.real_synthetic", [real, {**syn, "ratio": 1.0}], after)
+            if self.preset.mixed:
+                result[f"{name}/real+synthetic"] = self.segmenter(f"{name}.real_synthetic", [real, {**syn, "ratio": 1.0}], after)
         for k in self.preset.few_real:
             few = {**real, "patients": k}
             result[f"few{k}"] = self.segmenter(f"few{k}", [few], ["prepare"])
