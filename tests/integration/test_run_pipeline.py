@@ -50,7 +50,7 @@ def test_the_pipeline_runs_every_stage_and_says_where_things_are(pipeline_run):
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.splitlines()
     stages = [line for line in lines if line.startswith("[")]
-    assert stages[0].split()[1] == "prepare" and stages[0].endswith("-> prepared")
+    assert stages[0].split("]")[1].split()[0] == "prepare" and stages[0].endswith("-> prepared")
     assert len(stages) == int(stages[0].split("/")[1].split("]")[0]), "one line per stage, numbered out of the total"
     assert any("ldm_cmr.train.autoencoder" in s for s in stages) and any("audit.mask_generator" in s for s in stages)
     assert f"report: {out / 'report' / 'report.html'}" in proc.stdout

@@ -21,7 +21,7 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 
-from cmrsynth.bundle_run import run_bundle
+from cmrsynth.bundle_run import override_args, run_bundle, trainer_progress
 from cmrsynth.data.acdc import read_acdc
 from cmrsynth.data.prepare import PrepareConfig, prepare_cohort
 from tests.conftest import REPO
@@ -35,6 +35,29 @@ def prepared(phantom_cohort_master, tmp_path_factory):
     out = tmp_path_factory.mktemp("prepared") / "p32"
     prepare_cohort(read_acdc(phantom_cohort_master), out, PrepareConfig(size=32, fractions=(0.6, 0.2, 0.2)))
     return out
+
+
+def test_two_process_ddp_training_with_torchrun(prepared, tmp_path):
+    """multi_gpu_train.yaml under torchrun: 2 processes, gloo on CPU; the ranks end with the same parameters and
+    rank 0 writes the checkpoints and model.pt, which evaluate.yaml loads."""
+    real = str(prepared / "datalist.json")
+    save_ranks = tmp_path / "save_ranks.yaml"  # each rank keeps its own parameters at the end, to compare them
+    save_ranks.write_text("finalize:\n"
+                          "  - \"$torch.save(@network.module.state_dict(), os.path.join(@ckpt_dir, f'rank{dist.get_rank()}.pt'))\"\n"
+                          "  - \"$dist.is_initialized() and dist.destroy_process_group()\"\n")
+    files = json.dumps([str(BUNDLE / "configs" / c) for c in ("common.yaml", "train.yaml", "multi_gpu_train.yaml")] + [str(save_ranks)])
+    overrides = override_args({"real_datalist": real, "max_epochs": 2, "epoch_length": 3, "val_interval": 1, "batch_size": 4,
+                               "progress_bar": False, "bundle_root": str(tmp_path)})
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "monai.bundle", "run",
+           "--config_file", files, *overrides]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    ranks = [torch.load(tmp_path / "models" / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    for name, value in ranks[0].items():
+        torch.testing.assert_close(ranks[1][name], value, rtol=0, atol=0, msg=f"{name} differs across ranks")
+    assert trainer_progress(tmp_path / "models" / "checkpoint_final.pt")["epoch"] == 2
+    run_bundle(BUNDLE, ["common.yaml", "evaluate.yaml"], tmp_path, {"real_datalist": real, "eval_key": "test"})
+    assert (tmp_path / "eval" / "evaluation" / "metrics.json").is_file()
 
 
 def test_train_evaluate_segment_export(prepared, tmp_path):
