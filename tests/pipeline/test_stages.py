@@ -42,6 +42,14 @@ def test_a_done_stage_whose_output_was_deleted_runs_again(tmp_path):
     assert len(calls) == 2
 
 
+def test_a_folder_the_stage_may_not_write_does_not_make_it_rerun(tmp_path):
+    calls = []
+    for _ in range(2):
+        _runner(tmp_path).run("a", {}, [], [tmp_path / "made", tmp_path / "never"],
+                              lambda: calls.append(1) or (tmp_path / "made").mkdir(exist_ok=True) or {})
+    assert len(calls) == 1
+
+
 def test_changed_settings_remove_the_old_outputs_and_rerun(tmp_path):
     folder = tmp_path / "a"
 

@@ -76,7 +76,7 @@ class StageRunner:
         key = fingerprint({"settings": settings, "after": {a: self.records[a]["hash"] for a in after}})
         path = self._record_path(name)
         old = json.loads(path.read_text()) if path.is_file() else None
-        outputs_there = all(Path(f).exists() for f in folders if not Path(f).suffix)  # a deleted output is redone
+        outputs_there = old is not None and all((self.out / p).exists() for p in old.get("outputs", []))  # a deleted output is redone
         if old and old["hash"] == key and old["status"] == "done" and outputs_there:
             self.records[name] = old
             self._line(name, "up to date, skipped", old.get("wrote", ""))
@@ -91,8 +91,10 @@ class StageRunner:
         t0 = time.perf_counter()
         result = self._tracked(name, settings, job)
         seconds = round(time.perf_counter() - t0, 1)
+        made = [self._short(f) for f in folders if Path(f).exists()]
         wrote = ", ".join(self._short(f) for f in folders if Path(f).is_dir())
-        record = {"hash": key, "status": "done", "settings": settings, "seconds": seconds, "wrote": wrote, "result": result}
+        record = {"hash": key, "status": "done", "settings": settings, "seconds": seconds, "wrote": wrote, "outputs": made,
+                  "result": result}
         write_json_atomic(path, record)
         self.records[name] = record
         self._line(name, f"{seconds:.0f} s", wrote)
