@@ -106,7 +106,7 @@ def test_the_shipped_phantom_weights_are_small_verified_and_load_into_their_gene
 
     assert {p.stem for p in SHIPPED} == {"mask_generator", "ddpm_cmr", "fm_cmr", "ldm_cmr"}
     for packed in SHIPPED:
-        assert packed.stat().st_size < 8 * 2**20, f"{packed.name}: the demo's weights must stay a few MB"
+        assert packed.stat().st_size < 10 * 2**20, f"{packed.name}: the demo's weights must stay a few MB"
         root = zoo.install(packed, tmp_path / packed.stem)
         generator = load_generator(root, root, overrides={"image_size": 64}, checkpoint="best_ema.pt")
         assert generator.card is not None

@@ -121,7 +121,7 @@ def summary_lines(facts: dict, rows: list[dict]) -> list[str]:
         lines.append(f"**{r['generator']}** is {use}. A segmenter trained on its synthetic images alone scores "
                      f"{r['synthetic_dice_mean']:.2f} on real test patients ({r['synthetic_dice_mean'] - real:+.2f} against real "
                      f"data){_mixed_words(r)}. Privacy: {_privacy_words(r)}. The "
-                     f"release gate removed {r['gate_removed']} near-copy slices and released {r['released']}.")
+                     f"release gate removed {r['gate_removed']} slice(s) (near copies) and released {r['released']}.")
     usable = [r for r in rows if r["usable"]]
     if usable:
         best = max(usable, key=lambda r: r["synthetic_dice_mean"])
@@ -143,7 +143,7 @@ def markdown(facts: dict, rows: list[dict], machine: dict, images: dict[str, str
            "| | " + " | ".join(r["generator"] for r in rows) + " |", "|---|" + "---|" * len(rows)]
     table = [
         ("usable (fidelity floor)", lambda r: "yes" if r["usable"] else "**no**"),
-        ("training steps, CPU seconds", lambda r: f"{r['training_steps']}, {r['training_seconds']:.0f}"),
+        ("training steps, wall seconds", lambda r: f"{r['training_steps']}, {r['training_seconds']:.0f}"),
         ("sampler, NFE, s / slice", lambda r: f"{r['sampler']}, {r['nfe']}, {_f(r['seconds_per_slice'])}"),
         ("mask faithfulness Dice LV / MYO / RV", lambda r: " / ".join(_f(r[f"faithfulness_{s}"]) for s in STRUCTURES)),
         ("FD x100 / KID x10^4 (segmenter features)", lambda r: f"{_f(r['fd_seg_x100'], 2)} / {_f(r['kid_seg_x1e4'], 2)}"),

@@ -95,8 +95,8 @@ class Preset:
 
 
 PRESETS: dict[str, Preset] = {
-    "demo": Preset("demo", 64, {"mask": 2, "image": 3, "autoencoder": 0, "latent": 3}, epoch_length=50, from_zoo=True,
-                   per_class=2, segmenter_steps=150, few_real=(), audit_slices_per_patient=4,
+    "demo": Preset("demo", 64, {"mask": 2, "image": 2, "autoencoder": 0, "latent": 2}, epoch_length=50, from_zoo=True,
+                   per_class=2, segmenter_steps=100, few_real=(), audit_slices_per_patient=4,
                    segmenter_overrides={"batch_size": 16}, sampling="teacher", mixed=False),
     # the plumbing in a few minutes (tests): numbers from it mean nothing
     "smoke": Preset("smoke", 32, {"mask": 1, "image": 1, "autoencoder": 1, "latent": 1}, epoch_length=4, per_class=1,
