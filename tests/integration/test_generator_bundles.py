@@ -204,7 +204,7 @@ def test_two_process_ddp_training_with_torchrun(prepared, tmp_path):
                           "  - \"$dist.is_initialized() and dist.destroy_process_group()\"\n")
     files = json.dumps([str(IMAGES / "configs" / c) for c in [*TRAIN, "multi_gpu_train.yaml"]] + [str(save_ranks)])
     overrides = override_args(_tiny(dataset_dir=str(prepared), max_epochs=2, batch_size=4, max_minutes=10))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "monai.bundle", "run",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "monai.bundle", "run",
            "--bundle_root", str(tmp_path), "--config_file", files, *overrides]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
@@ -224,7 +224,7 @@ def test_two_process_sampling_shards_and_merges_one_datalist(prepared, tmp_path)
     out = tmp_path / "images"
     overrides = override_args({"mask_datalist": str(prepared / "datalist.json"), "mask_key": "test", "output_dir": str(out),
                                "num_inference_steps": 2, "max_images": 7, "image_size": 32})
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "monai.bundle", "run",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "monai.bundle", "run",
            "--bundle_root", str(tmp_path / "gen"), "--config_file", files, *overrides]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]

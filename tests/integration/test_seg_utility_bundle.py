@@ -48,7 +48,7 @@ def test_two_process_ddp_training_with_torchrun(prepared, tmp_path):
     files = json.dumps([str(BUNDLE / "configs" / c) for c in ("common.yaml", "train.yaml", "multi_gpu_train.yaml")] + [str(save_ranks)])
     overrides = override_args({"real_datalist": real, "max_epochs": 2, "epoch_length": 3, "val_interval": 1, "batch_size": 4,
                                "progress_bar": False, "bundle_root": str(tmp_path)})
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "monai.bundle", "run",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "monai.bundle", "run",
            "--config_file", files, *overrides]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]

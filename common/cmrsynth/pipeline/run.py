@@ -275,11 +275,12 @@ class Pipeline:
         return self.runner.run(f"fidelity.{name}", settings, after, [out], job)
 
     def untrained(self) -> dict:
-        """The sanity row: the first generator's bundle with freshly initialised weights draws the real test masks and
-        is scored like the others (its faithfulness is what the fidelity floor must stay above)."""
+        """The sanity row: ddpm_cmr with freshly initialised weights (a pixel-space generator: an untrained latent one
+        would have no autoencoder to decode with) draws the real test masks and is scored like the others; its
+        faithfulness is what the fidelity floor must stay above."""
         from cmrsynth.benchmark import untrained_generator
 
-        name = self.names[0]
+        name = "ddpm_cmr"
         root = self.out / "untrained" / name
         paired = root / "eval" / "test_masks"
         overrides = {**self.common(), "mask_datalist": str(self.real), "mask_key": "test", "output_dir": str(paired),
@@ -289,7 +290,8 @@ class Pipeline:
             untrained_generator(root, self.req.seed, bundle=name)
             return {"generator": name, **self.draw("untrained.sample", name, root, overrides, paired)}
 
-        self.runner.run("untrained.sample", {"overrides": _hide(overrides, self.out)}, ["prepare"], [root], job)
+        settings = {"overrides": _hide(overrides, self.out), "bundle": bundle_fingerprint(name, ["common.yaml", "inference.yaml"])}
+        self.runner.run("untrained.sample", settings, ["prepare"], [root], job)
         return {"generator": name, **self.fidelity("untrained", paired / "datalist.json", ["untrained.sample", "seg.real"])}
 
     def audit(self, name: str, synthetic: Path, after: list[str], key: str = "training") -> dict:
