@@ -33,14 +33,16 @@ def tracking_uri(run_dir: str | Path, uri: str | None = None) -> str:
     return f"sqlite:///{path / 'mlflow.db'}"
 
 
-def _flatten(params: Mapping, prefix: str = "") -> dict[str, str]:
+def flatten(params: Mapping, prefix: str = "", leaf=lambda v: str(v)[:500]) -> dict:
+    """Nested mappings as one level with dotted keys; ``leaf`` turns each value into what is kept (MLflow params:
+    text of at most 500 characters)."""
     out = {}
     for k, v in params.items():
         key = f"{prefix}{k}"
         if isinstance(v, Mapping):
-            out.update(_flatten(v, f"{key}."))
+            out.update(flatten(v, f"{key}.", leaf))
         else:
-            out[key] = str(v)[:500]
+            out[key] = leaf(v)
     return out
 
 
@@ -57,7 +59,7 @@ class Tracker:
 
     def log_params(self, params: Mapping) -> None:
         """Log (nested) parameters, flattened with dots."""
-        self._mlflow.log_params(_flatten(params))
+        self._mlflow.log_params(flatten(params))
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         """Log numeric metrics (non-numbers are skipped)."""

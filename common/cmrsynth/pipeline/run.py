@@ -98,6 +98,10 @@ class Pipeline:
     def common(self) -> dict:
         return {"image_size": self.preset.size, "seed": self.req.seed}
 
+    def settings(self, bundle: str, files: list[str], overrides: dict, **extra) -> dict:
+        """What a bundle stage's hash covers: the config files it runs and its overrides (run folder hidden)."""
+        return {"overrides": _hide(overrides, self.out), "bundle": bundle_fingerprint(bundle, files), **extra}
+
     @property
     def fast(self) -> bool:
         return self.preset.sampling == "fast"
@@ -165,8 +169,7 @@ class Pipeline:
                          "epoch_length": self.preset.epoch_length, "progress_bar": False}
             if zoo is not None and step.from_zoo:
                 overrides["pretrained"] = str(zoo / step.from_zoo)
-            settings = {"configs": step.configs, "bundle": bundle_fingerprint(spec.bundle, ["common.yaml", *step.configs]),
-                        "overrides": _hide(overrides, self.out), "zoo": _zoo_hash(zoo)}
+            settings = self.settings(spec.bundle, ["common.yaml", *step.configs], overrides, configs=step.configs, zoo=_zoo_hash(zoo))
 
             def job(step=step, overrides=overrides, epochs=epochs) -> dict:
                 if epochs == 0:  # taken as shipped: the zoo's file, hash-verified when installed
@@ -194,8 +197,8 @@ class Pipeline:
             self.bundle(name, spec.bundle, ["common.yaml", *spec.distill_configs], root, overrides, tracked=True)
             return trainer_progress(root / "models" / "checkpoint_final.pt")
 
-        self.runner.run(name, {"configs": spec.distill_configs, "bundle": bundle_fingerprint(spec.bundle, ["common.yaml", *spec.distill_configs]),
-                               "overrides": _hide(overrides, self.out)}, after, [root], job)
+        settings = self.settings(spec.bundle, ["common.yaml", *spec.distill_configs], overrides, configs=spec.distill_configs)
+        self.runner.run(name, settings, after, [root], job)
         return name
 
     def draw(self, stage: str, bundle: str, root: Path, overrides: dict, out: Path) -> dict:
@@ -220,14 +223,8 @@ class Pipeline:
         out = self.out / MASK_GENERATOR.bundle / "eval" / "masks"
         overrides = {**self.common(), "per_class": self.preset.per_class, "output_dir": str(out),
                      "keep_implausible": self.preset.keep_implausible, **self.sampling_overrides(MASK_GENERATOR)}
-        configs = ["common.yaml", "inference.yaml"]
-
-        def job() -> dict:
-            self.bundle("mask_generator.sample", "mask_generator", configs, root, overrides)
-            return _summary(out / "datalist.json")
-
-        self.runner.run("mask_generator.sample", {"overrides": _hide(overrides, self.out),
-                                                  "bundle": bundle_fingerprint("mask_generator", configs)}, after, [out], job)
+        self.runner.run("mask_generator.sample", self.settings("mask_generator", ["common.yaml", "inference.yaml"], overrides),
+                        after, [out], partial(self.draw, "mask_generator.sample", "mask_generator", root, overrides, out))
         return out / "datalist.json"
 
     def sample_images(self, name: str, masks: Path, after: list[str]) -> dict[str, Path]:
@@ -238,7 +235,7 @@ class Pipeline:
             overrides = {**self.common(), "mask_datalist": str(datalist), "mask_key": key, "output_dir": str(out),
                          **self.sampling_overrides(spec)}
             stage = f"{name}.sample" + ("" if part == "synthetic" else ".test_masks")
-            self.runner.run(stage, {"overrides": _hide(overrides, self.out), "bundle": bundle_fingerprint(name, ["common.yaml", "inference.yaml"])},
+            self.runner.run(stage, self.settings(name, ["common.yaml", "inference.yaml"], overrides),
                             after + (["mask_generator.sample"] if part == "synthetic" else []), [out],
                             partial(self.draw, stage, name, root, overrides, out))
             lists[part] = out / "datalist.json"
@@ -259,7 +256,7 @@ class Pipeline:
             return {"summary": metrics["summary"], "patients": metrics["patients"], "training_slices": len(training),
                     **trainer_progress(root / "models" / "checkpoint_final.pt")}
 
-        return self.runner.run(f"seg.{mode}", {"bundle": bundle_fingerprint(SEG, ["common.yaml", "train.yaml", "evaluate.yaml"]), "overrides": _hide(overrides, self.out)},
+        return self.runner.run(f"seg.{mode}", self.settings(SEG, ["common.yaml", "train.yaml", "evaluate.yaml"], overrides),
                                after, [root], job)
 
     def fidelity(self, name: str, paired: Path, after: list[str]) -> dict:
@@ -271,8 +268,7 @@ class Pipeline:
             scores = json.loads((out / "fidelity.json").read_text())
             return {k: scores[k] for k in ("n_synthetic", "fd_seg", "kid_seg", "mask_faithfulness", "real_dice", "paired") if k in scores}
 
-        settings = {"overrides": _hide(overrides, self.out), "bundle": bundle_fingerprint(SEG, ["common.yaml", "fidelity.yaml"])}
-        return self.runner.run(f"fidelity.{name}", settings, after, [out], job)
+        return self.runner.run(f"fidelity.{name}", self.settings(SEG, ["common.yaml", "fidelity.yaml"], overrides), after, [out], job)
 
     def untrained(self) -> dict:
         """The sanity row: ddpm_cmr with freshly initialised weights (a pixel-space generator: an untrained latent one
@@ -290,8 +286,7 @@ class Pipeline:
             untrained_generator(root, self.req.seed, bundle=name)
             return {"generator": name, **self.draw("untrained.sample", name, root, overrides, paired)}
 
-        settings = {"overrides": _hide(overrides, self.out), "bundle": bundle_fingerprint(name, ["common.yaml", "inference.yaml"])}
-        self.runner.run("untrained.sample", settings, ["prepare"], [root], job)
+        self.runner.run("untrained.sample", self.settings(name, ["common.yaml", "inference.yaml"], overrides), ["prepare"], [root], job)
         return {"generator": name, **self.fidelity("untrained", paired / "datalist.json", ["untrained.sample", "seg.real"])}
 
     def audit(self, name: str, synthetic: Path, after: list[str], key: str = "training") -> dict:
@@ -307,12 +302,9 @@ class Pipeline:
 
         def job() -> dict:
             self.bundle(f"audit.{name}", "privacy_audit", ["audit.yaml"], out.parent, overrides)
-            audit = json.loads((out / "audit.json").read_text())
-            audit["leakage"].pop("synthetic_to_train", None)
-            return _audit_digest(audit)
+            return _audit_digest(json.loads((out / "audit.json").read_text()))
 
-        return self.runner.run(f"audit.{name}", {"bundle": bundle_fingerprint("privacy_audit", ["audit.yaml"]), "overrides": _hide(overrides, self.out)},
-                               after, [out], job)
+        return self.runner.run(f"audit.{name}", self.settings("privacy_audit", ["audit.yaml"], overrides), after, [out], job)
 
     def release(self, name: str, synthetic: Path, after: list[str], facts: dict) -> dict:
         from cmrsynth.pipeline.release import export_release

@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from cmrsynth.data.atomic import write_json_atomic
+from cmrsynth.tracking import flatten
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -124,14 +125,8 @@ class StageRunner:
         print(f"[{self.count:2d}/{self.total}] {name:<28s} {what}{arrow}", file=self.stream, flush=True)
 
 
-def _numbers(result, prefix: str = "") -> dict[str, float]:
+def _numbers(result) -> dict[str, float]:
     """Flat numeric leaves of a nested result (MLflow metric names: letters, digits, _ - . /)."""
-    out = {}
-    items = result.items() if isinstance(result, dict) else []
-    for k, v in items:
-        key = f"{prefix}{k}".replace(" ", "_")
-        if isinstance(v, dict):
-            out.update(_numbers(v, f"{key}."))
-        elif isinstance(v, (int, float)) and not isinstance(v, bool) and v == v:
-            out[key] = float(v)
-    return out
+    leaves = flatten(result, leaf=lambda v: v) if isinstance(result, dict) else {}
+    return {k.replace(" ", "_"): float(v) for k, v in leaves.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v}
