@@ -60,13 +60,14 @@ class Request:
 
 
 def cohort_fingerprint(path: Path) -> str:
-    """A hash of a cohort's file names, sizes and modification times (its path is not part of it: nothing
-    identifying goes into the run's records)."""
+    """A hash of a cohort's file names and contents (its path is not part of it: nothing identifying goes into the
+    run's records). Contents, not modification times: a cohort copied or restored elsewhere is the same cohort,
+    and a resumed run must not retrain everything because of it."""
     h = hashlib.sha256()
     root = path.parent if path.is_file() else path  # a datalist's files sit around it
     for f in sorted(p for p in root.rglob("*") if p.is_file()):
-        st = f.stat()
-        h.update(f"{f.relative_to(root)}:{st.st_size}:{int(st.st_mtime)}".encode())
+        with f.open("rb") as stream:
+            h.update(f"{f.relative_to(root)}:{hashlib.file_digest(stream, 'sha256').hexdigest()}".encode())
     return h.hexdigest()[:16]
 
 

@@ -1,0 +1,36 @@
+"""Unit tests of cmrsynth.pipeline.run that need no bundle run (the whole pipeline: tests/integration)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+from cmrsynth.pipeline.run import cohort_fingerprint
+
+
+def _cohort(root):
+    (root / "patient001").mkdir(parents=True)
+    (root / "patient001" / "image.nii.gz").write_bytes(b"voxels")
+    (root / "patient001" / "Info.cfg").write_text("Group: NOR\n")
+    return root
+
+
+def test_a_copied_cohort_with_new_modification_times_keeps_its_fingerprint(tmp_path):
+    source = _cohort(tmp_path / "a")
+    copy = tmp_path / "b"
+    shutil.copytree(source, copy)
+    os.utime(copy / "patient001" / "image.nii.gz", (1, 1))
+    assert cohort_fingerprint(copy) == cohort_fingerprint(source)
+
+
+def test_changed_contents_or_names_change_the_fingerprint(tmp_path):
+    cohort = _cohort(tmp_path / "a")
+    before = cohort_fingerprint(cohort)
+    (cohort / "patient001" / "image.nii.gz").write_bytes(b"voxelz")
+    changed = cohort_fingerprint(cohort)
+    (cohort / "patient001" / "Info.cfg").rename(cohort / "patient001" / "info.cfg")
+    assert len({before, changed, cohort_fingerprint(cohort)}) == 3
+
+
+def test_the_fingerprint_does_not_depend_on_where_the_cohort_lies(tmp_path):
+    assert cohort_fingerprint(_cohort(tmp_path / "x" / "a")) == cohort_fingerprint(_cohort(tmp_path / "y" / "b"))
