@@ -41,7 +41,7 @@ torch.save({k: state[k] for k in ("autoencoder", "autoencoder_ema") if k in stat
 (slim / "best_ema.pt").write_bytes((Path(sys.argv[1]) / "ldm_cmr" / "models" / "best_ema.pt").read_bytes())
 PY
 for b in mask_generator ddpm_cmr fm_cmr; do
-  cmr-synth zoo pack "$REPO/bundles/$b" "$W/$b" "$REPO/zoo/phantom/$b.zip" --weights models/best_ema.pt
+  cmr-synth zoo pack "$REPO/bundles/$b" "$W/$b" "$REPO/zoo/phantom/$b.zip" --weights models/best_ema.pt --half
 done
-cmr-synth zoo pack "$REPO/bundles/ldm_cmr" "$W/ldm_cmr_slim" "$REPO/zoo/phantom/ldm_cmr.zip" \
+cmr-synth zoo pack "$REPO/bundles/ldm_cmr" "$W/ldm_cmr_slim" "$REPO/zoo/phantom/ldm_cmr.zip" --half \
   --weights models/best_ema.pt models/autoencoder/checkpoint_final.pt

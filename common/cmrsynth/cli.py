@@ -56,7 +56,7 @@ def _zoo(args: argparse.Namespace) -> int:
             meta = zoo.validate_metadata(b)
             print(f"{b}: metadata valid ({meta['name']} {meta['version']})")
     elif args.action == "pack":
-        zoo.pack(args.bundle, args.root, args.weights, args.out)
+        zoo.pack(args.bundle, args.root, args.weights, args.out, half=args.half)
     elif args.action == "verify":
         entries = zoo.verify(args.paths[0])
         print(f"{args.paths[0]}: {len(entries)} weight file(s) match their sha256")
@@ -94,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     pk.add_argument("root", help="trained run root holding the weights")
     pk.add_argument("out", help="zip to write")
     pk.add_argument("--weights", nargs="+", default=["models/best_ema.pt"], help="weight files relative to root")
+    pk.add_argument("--half", action="store_true", help="store the weights' floating-point tensors in float16")
     ins = zsub.add_parser("install")
     ins.add_argument("source", help="packed bundle (zip) or bundle folder")
     ins.add_argument("target", help="folder to install into")

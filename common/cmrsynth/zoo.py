@@ -21,6 +21,7 @@ nothing is installed.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import shutil
 import tempfile
@@ -68,17 +69,36 @@ def validate_metadata(bundle_dir: str | Path) -> dict:
     return meta
 
 
-def pack(bundle_dir: str | Path, run_root: str | Path, weights: list[str], out_zip: str | Path) -> Path:
+def half_precision(path: Path) -> bytes:
+    """A checkpoint re-saved with its floating-point tensors in float16 (half the bytes); anything else unchanged.
+    ``load_state_dict`` casts them back into a float32 network, so nothing that loads weights needs to know."""
+    import torch
+
+    def halve(value):
+        if isinstance(value, torch.Tensor) and value.is_floating_point():
+            return value.half()
+        if isinstance(value, dict):
+            return {k: halve(v) for k, v in value.items()}
+        return value
+
+    buffer = io.BytesIO()
+    torch.save(halve(torch.load(path, map_location="cpu", weights_only=True)), buffer)
+    return buffer.getvalue()
+
+
+def pack(bundle_dir: str | Path, run_root: str | Path, weights: list[str], out_zip: str | Path, half: bool = False) -> Path:
     """Zip a bundle's configs and docs with trained weights from ``run_root`` (paths relative to it, e.g.
-    ``models/best_ema.pt``), listed in ``large_files.yml`` with their sha256."""
+    ``models/best_ema.pt``), listed in ``large_files.yml`` with their sha256; ``half`` stores them in float16."""
     bundle_dir, run_root, out_zip = Path(bundle_dir), Path(run_root), Path(out_zip)
     meta = validate_metadata(bundle_dir)
     name = bundle_dir.name
-    entries = []
+    entries, payloads = [], {}
     for rel in weights:
         if not (run_root / rel).is_file():
             raise CMRDataError(run_root / rel, "weight file to pack not found")
-        entries.append({"path": rel, "url": "", "hash_val": sha256(run_root / rel), "hash_type": "sha256"})
+        payloads[rel] = half_precision(run_root / rel) if half else (run_root / rel).read_bytes()
+        entries.append({"path": rel, "url": "", "hash_val": hashlib.sha256(payloads[rel]).hexdigest(),
+                        "hash_type": "sha256"})
     out_zip.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_zip.with_name(out_zip.name + ".tmp")
     texts = [f for sub in ("configs", "docs") for f in sorted((bundle_dir / sub).rglob("*")) if f.is_file()]
@@ -88,12 +108,12 @@ def pack(bundle_dir: str | Path, run_root: str | Path, weights: list[str], out_z
     with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
         for f in texts:
             z.write(f, f"{name}/{f.relative_to(bundle_dir).as_posix()}")
-        for e in entries:
-            z.write(run_root / e["path"], f"{name}/{e['path']}")
+        for rel, payload in payloads.items():
+            z.writestr(f"{name}/{rel}", payload)
         z.writestr(f"{name}/{LARGE_FILES}", listing)
         z.writestr(f"{name}/{CHECKSUMS}", checksums)
     tmp.replace(out_zip)
-    print(f"packed {name} {meta['version']}: {len(entries)} weight file(s) -> {out_zip}")
+    print(f"packed {name} {meta['version']}: {len(entries)} weight file(s){' in float16' if half else ''} -> {out_zip}")
     return out_zip
 
 
