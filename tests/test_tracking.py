@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 
-from cmrsynth.tracking import tracked_run, tracking_uri
+from cmrsynth.tracking import create_experiments, tracked_run, tracking_uri
 
 
 def test_uri_order(tmp_path, monkeypatch):
@@ -51,3 +51,16 @@ def test_failed_block_marks_the_run_failed(tmp_path, monkeypatch):
             run_id = t.run_id
             raise RuntimeError("boom")
     assert MlflowClient(tracking_uri(tmp_path)).get_run(run_id).info.status == "FAILED"
+
+
+def test_every_experiment_of_a_new_store_keeps_its_artifacts_in_the_run_folder(tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    run_dir = tmp_path / "run"
+    create_experiments(run_dir, ["seg_utility"])
+    experiments = MlflowClient(tracking_uri(run_dir)).search_experiments()
+    assert {e.name for e in experiments} == {"Default", "seg_utility"}
+    for experiment in experiments:  # MLflow's default would be ./mlruns of the folder the process ran in
+        assert experiment.artifact_location.startswith((run_dir / "mlartifacts").as_uri()), experiment.name

@@ -87,10 +87,14 @@ def create_experiments(run_dir: str | Path, names: Sequence[str], uri: str | Non
     import mlflow
 
     uri = tracking_uri(run_dir, uri)
+    location = (Path(run_dir).absolute() / "mlartifacts").as_uri() if uri.startswith("sqlite:") else None
+    if location and not Path(uri.removeprefix("sqlite:///")).exists():
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+        SqlAlchemyStore(uri, location)  # a new store's Default experiment: its artifacts in the run folder too
     mlflow.set_tracking_uri(uri)
     for name in names:
         if mlflow.get_experiment_by_name(name) is None:
-            location = (Path(run_dir).absolute() / "mlartifacts").as_uri() if uri.startswith("sqlite:") else None
             mlflow.create_experiment(name, artifact_location=location)
     return uri
 

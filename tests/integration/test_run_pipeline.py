@@ -83,8 +83,7 @@ def test_one_mlflow_store_one_parent_run_and_a_child_run_per_stage(pipeline_run)
     assert (children["tags.mlflow.parentRunId"] == first["run_id"]).sum() == len(list((out / "stages").glob("*.json")))
     client = mlflow.MlflowClient()
     for exp in client.search_experiments():
-        if exp.name != "Default":
-            assert exp.artifact_location.startswith((out / "mlartifacts").as_uri()), exp.name
+        assert exp.artifact_location.startswith((out / "mlartifacts").as_uri()), exp.name
     assert {"ddpm_cmr", "ldm_cmr", "mask_generator", "seg_utility", "privacy_audit"} <= {e.name for e in client.search_experiments()}
     assert not list(REPO.glob("bundles/*/mlruns")) and not list(REPO.glob("bundles/*/models"))
 
