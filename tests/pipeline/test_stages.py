@@ -42,6 +42,17 @@ def test_a_done_stage_whose_output_was_deleted_runs_again(tmp_path):
     assert len(calls) == 2
 
 
+def test_a_done_record_that_does_not_list_its_outputs_runs_again(tmp_path):
+    calls = []
+    _runner(tmp_path).run("a", {}, [], [tmp_path / "a"], lambda: calls.append(1) or {})
+    [record_path] = (tmp_path / "stages").glob("a*.json")
+    record = json.loads(record_path.read_text())
+    del record["outputs"]  # as an earlier version wrote it
+    record_path.write_text(json.dumps(record))
+    _runner(tmp_path).run("a", {}, [], [tmp_path / "a"], lambda: calls.append(1) or {})
+    assert len(calls) == 2
+
+
 def test_a_folder_the_stage_may_not_write_does_not_make_it_rerun(tmp_path):
     calls = []
     for _ in range(2):

@@ -77,7 +77,8 @@ class StageRunner:
         key = fingerprint({"settings": settings, "after": {a: self.records[a]["hash"] for a in after}})
         path = self._record_path(name)
         old = json.loads(path.read_text()) if path.is_file() else None
-        outputs_there = old is not None and all((self.out / p).exists() for p in old.get("outputs", []))  # a deleted output is redone
+        # a deleted output is redone, and so is a record that does not list its outputs (an older version's)
+        outputs_there = old is not None and "outputs" in old and all((self.out / p).exists() for p in old["outputs"])
         if old and old["hash"] == key and old["status"] == "done" and outputs_there:
             self.records[name] = old
             self._line(name, "up to date, skipped", old.get("wrote", ""))
