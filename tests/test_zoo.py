@@ -80,6 +80,15 @@ def test_half_precision_packing_halves_the_weights_and_they_load_into_a_float32_
     assert not torch.equal(loaded.weight, net.weight)
 
 
+def test_half_precision_packing_of_a_file_that_is_not_a_checkpoint_is_one_clear_error(tmp_path):
+    root = tmp_path / "run"
+    (root / "models").mkdir(parents=True)
+    (root / "models" / "best_ema.pt").write_text("not weights")
+    with pytest.raises(CMRDataError, match="best_ema.pt: not a PyTorch checkpoint"):
+        zoo.pack(REPO / "bundles" / "ddpm_cmr", root, ["models/best_ema.pt"], tmp_path / "b.zip", half=True)
+    assert not (tmp_path / "b.zip").exists()
+
+
 def test_a_tampered_weight_file_is_refused_and_nothing_is_installed(tmp_path):
     packed = zoo.pack(REPO / "bundles" / "ddpm_cmr", _trained_root(tmp_path), ["models/best_ema.pt"], tmp_path / "b.zip")
     tampered = tmp_path / "tampered.zip"

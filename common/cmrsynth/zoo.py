@@ -81,8 +81,12 @@ def half_precision(path: Path) -> bytes:
             return {k: halve(v) for k, v in value.items()}
         return value
 
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for a file that is not a checkpoint
+        raise CMRDataError(path, f"not a PyTorch checkpoint ({type(exc).__name__})") from None
     buffer = io.BytesIO()
-    torch.save(halve(torch.load(path, map_location="cpu", weights_only=True)), buffer)
+    torch.save(halve(state), buffer)
     return buffer.getvalue()
 
 

@@ -66,8 +66,7 @@ def cohort_fingerprint(path: Path) -> str:
     h = hashlib.sha256()
     root = path.parent if path.is_file() else path  # a datalist's files sit around it
     for f in sorted(p for p in root.rglob("*") if p.is_file()):
-        with f.open("rb") as stream:
-            h.update(f"{f.relative_to(root)}:{hashlib.file_digest(stream, 'sha256').hexdigest()}".encode())
+        h.update(f"{f.relative_to(root)}:{sha256(f)}".encode())
     return h.hexdigest()[:16]
 
 
