@@ -10,14 +10,15 @@
 # limitations under the License.
 """Few-step sampling benchmark: teacher samplers against reflow students, the whole (mask, image) chain.
 
-For each setting (teachers at DDIM-50 / 10 / 1, students at 2 / 1 steps): the chain draws 1,000 pairs through
+For each setting (teachers at DDIM-50 / 10 / 1, students at 2 / 1 steps; with ddpm_cmr or fm_cmr, whose teacher
+samples with Euler-10, as the image stage): the chain draws 1,000 pairs through
 mask_generator's configs/sample_pairs.yaml; mask quality (plausibility, shape distances to the real test masks),
 image quality on the real test masks (faithfulness, FD / KID by the real-only segmenter), synthetic-only Dice of a
 segmenter trained on the 1,000 pairs, FLOPs per pair (and the paper's recipe's, its networks built from its
 published configs), and, on a quiet machine, pairs per second at batch 64 and 256. The students are audited
 like their teachers. Step counts are fixed; the wall time depends on the machine.
 
-    bash scripts/train_fast_sampling_students.sh runs/bench14 runs/bench   # the students (fixed steps)
+    bash scripts/train_fast_sampling_students.sh runs/bench14 runs/bench runs/acdc_cpu64/fm_cmr   # the students
     python scripts/benchmark_fast_sampling.py --stage quality   # any load
     python scripts/benchmark_fast_sampling.py --stage timing    # alone on the machine, 2 threads
 """
@@ -57,36 +58,62 @@ PAPER_STEPS = 1000
 
 @dataclass
 class Setting:
-    """One way to draw the chain: which weights (teachers or students), steps and timestep spacing of both stages."""
+    """One way to draw the chain: which weights (teachers or students), steps and timestep spacing of both stages,
+    and the image generator (ddpm_cmr samples with DDIM, fm_cmr with Euler)."""
 
     label: str
     weights: str  # "teachers" or "students"
     steps: int
     spacing: str = "linspace"
     segmenter: bool = True
+    image: str = "ddpm_cmr"
+    image_steps: int | None = None  # None: as the mask stage
+    reference: str = "teacher_ddim50"  # the teacher chain whose quality a student setting must keep (aims)
+
+    @property
+    def image_sampler(self) -> str:
+        return SAMPLERS[self.image]
+
+    @property
+    def nfe_image(self) -> int:
+        return self.image_steps or self.steps
 
 
+#: each stage's deterministic sampler, the one its students were distilled from
+SAMPLERS = {"mask_generator": "ddim", "ddpm_cmr": "ddim", "fm_cmr": "euler"}
 SETTINGS = {
     "teacher_ddim50": Setting("teachers, DDIM-50 (the default today)", "teachers", 50),
     "teacher_ddim10": Setting("teachers, DDIM-10", "teachers", 10, segmenter=False),
     "teacher_ddim1": Setting("teachers, DDIM-1 (no distillation; sanity)", "teachers", 1, segmenter=False),
     "student_2": Setting("reflow students, 2 steps", "students", 2, "trailing"),
     "student_1": Setting("reflow students, 1 step", "students", 1, "trailing"),
+    # fm_cmr as the image stage: its own default sampler is Euler-10
+    "fm_teacher_euler10": Setting("fm_cmr chain: teachers, mask DDIM-50 + image Euler-10 (the defaults)", "teachers", 50,
+                                  image="fm_cmr", image_steps=10, reference="fm_teacher_euler10"),
+    "fm_teacher_10": Setting("fm_cmr chain: teachers, DDIM-10 + Euler-10", "teachers", 10, image="fm_cmr",
+                             segmenter=False, reference="fm_teacher_euler10"),
+    "fm_student_2": Setting("fm_cmr chain: reflow students, 2 steps", "students", 2, "trailing", image="fm_cmr",
+                            reference="fm_teacher_euler10"),
+    "fm_student_1": Setting("fm_cmr chain: reflow students, 1 step", "students", 1, "trailing", image="fm_cmr",
+                            reference="fm_teacher_euler10"),
 }
 
 
-def roots(teachers: Path, work: Path) -> dict[str, dict[str, Path]]:
+def roots(teachers: Path, work: Path, fm_teacher: Path) -> dict[str, dict[str, Path]]:
     """Run folders of the mask and image generators, teachers and students."""
-    return {"teachers": {"mask": teachers / "mask_generator_signed_distance", "image": teachers / "ddpm_cmr_private"},
-            "students": {"mask": work / "mask_generator_student", "image": work / "ddpm_cmr_student"}}
+    return {"teachers": {"mask": teachers / "mask_generator_signed_distance", "ddpm_cmr": teachers / "ddpm_cmr_private",
+                         "fm_cmr": fm_teacher},
+            "students": {"mask": work / "mask_generator_student", "ddpm_cmr": work / "ddpm_cmr_student",
+                         "fm_cmr": work / "fm_cmr_student"}}
 
 
 def chain(setting: Setting, folders: dict[str, Path], out: Path, pairs: int, batch: int, seed: int, threads: int) -> dict:
     """mask_generator's sample_pairs.yaml with this setting into ``out`` (skipped when done); its summary."""
     if not (out / "datalist.json").is_file():
         run_bundle(MASKS, ["common.yaml", "inference.yaml", "sample_pairs.yaml"], folders["mask"], {
-            "image_bundle": str(REPO / "bundles" / "ddpm_cmr"), "image_root": str(folders["image"]), "output_dir": str(out),
-            "num_pairs": pairs, "batch_size": batch, "num_inference_steps": setting.steps, "image_steps": setting.steps,
+            "image_bundle": str(REPO / "bundles" / setting.image), "image_root": str(folders[setting.image]),
+            "image_sampler": setting.image_sampler, "output_dir": str(out),
+            "num_pairs": pairs, "batch_size": batch, "num_inference_steps": setting.steps, "image_steps": setting.nfe_image,
             "timestep_spacing": setting.spacing, "image_timestep_spacing": setting.spacing, "seed": seed},
             log=out.parent / f"{out.name}.log", env={"OMP_NUM_THREADS": str(threads)})
     return json.loads((out / "datalist.json").read_text())["summary"]
@@ -105,20 +132,21 @@ def mask_quality(datalist: Path, real_test: list[dict]) -> dict:
 
 def image_quality(key: str, setting: Setting, folders: dict[str, Path], real: Path, scorer: Path, seed: int, threads: int) -> dict:
     """The image stage alone on the real test masks: faithfulness and FD / KID by the real-only segmenter."""
-    overrides = {"sampler": "ddim", "num_inference_steps": setting.steps, "timestep_spacing": setting.spacing}
+    overrides = {"sampler": setting.image_sampler, "num_inference_steps": setting.nfe_image, "timestep_spacing": setting.spacing}
     out = folders["work"] / "images"
-    datalist = draw_images(folders["image"], real, "test", out / key, seed, threads, "ddpm_cmr", overrides)
+    datalist = draw_images(folders[setting.image], real, "test", out / key, seed, threads, setting.image, overrides)
     summary = json.loads(datalist.read_text())["summary"]
     return {"nfe": summary["nfe"], **score_fidelity(datalist, real, scorer, out / "fidelity" / key, seed, threads)}
 
 
-def flops(folders: dict[str, Path], steps: int) -> dict:
-    """FLOPs of one (mask, image) pair at ``steps`` steps per stage (``Generator.flops_per_sample``)."""
+def flops(folders: dict[str, Path], setting: Setting) -> dict:
+    """FLOPs of one (mask, image) pair with this setting's steps per stage (``Generator.flops_per_sample``)."""
     from cmrsynth.generative import load_generator
 
     out = {}
-    for stage, bundle in (("mask", "mask_generator"), ("image", "ddpm_cmr")):
-        generator = load_generator(REPO / "bundles" / bundle, folders[stage], checkpoint="best_ema.pt")
+    for stage, bundle, root, steps in (("mask", "mask_generator", folders["mask"], setting.steps),
+                                       ("image", setting.image, folders[setting.image], setting.nfe_image)):
+        generator = load_generator(REPO / "bundles" / bundle, root, checkpoint="best_ema.pt")
         out[stage] = generator.flops_per_sample(steps)
     return {**out, "pair": out["mask"] + out["image"]}
 
@@ -146,10 +174,11 @@ def quality_row(key: str, setting: Setting, ctx: dict) -> dict:
     chain_dir = ctx["work"] / "chains" / key
     summary = chain(setting, folders, chain_dir, ctx["pairs"], 64, ctx["seed"], ctx["threads"])
     row = {"label": setting.label, "weights": setting.weights, "steps": setting.steps, "timestep_spacing": setting.spacing,
+           "image_generator": setting.image, "image_sampler": setting.image_sampler, "image_steps": setting.nfe_image,
            "chain": {k: summary[k] for k in ("pairs", "masks_drawn", "mask_plausibility_rate", "mask", "image")},
            "masks": mask_quality(chain_dir / "datalist.json", ctx["real_test"]),
            "images": image_quality(key, setting, folders, ctx["real"], ctx["scorer"], ctx["seed"], ctx["threads"]),
-           "flops": flops(folders, setting.steps)}
+           "flops": flops(folders, setting)}
     if setting.segmenter:
         row["segmenter"] = train_segmenter(ctx["work"] / "seg" / key, [{"datalist": str(chain_dir / "datalist.json"), "key": "training"}],
                                            ctx["real"], SEGMENTER_STEPS, ctx["seed"], ctx["threads"])
@@ -163,8 +192,11 @@ def audits(ctx: dict) -> dict:
     work, data = ctx["work"], ctx["data"]
     out = {}
     for name, bundle, synthetic in (("ddpm_cmr_student", "ddpm_cmr", work / "chains" / "student_1" / "datalist.json"),
+                                    ("fm_cmr_student", "fm_cmr", work / "chains" / "fm_student_1" / "datalist.json"),
                                     ("mask_generator_student", "mask_generator", None)):
         folder = work / "privacy_audit" / name
+        if not (work / name / "models" / "best_ema.pt").is_file():
+            continue
         if not (folder / "audit.json").is_file():
             overrides = {"generator_bundle": str(REPO / "bundles" / bundle), "generator_root": str(work / name),
                          "real_datalist": str(data / "datalist.json"), "output_dir": str(folder), "slices_per_patient": 6,
@@ -180,6 +212,10 @@ def audits(ctx: dict) -> dict:
     if teachers.is_file():
         rows = json.loads(teachers.read_text()).get("recipes", {})
         out["teachers"] = {k: rows[k]["audit"] for k in ("new_default", "mask_generator") if k in rows}
+    fm_teacher = ctx["roots"]["teachers"]["fm_cmr"].parent / "privacy_audit" / "fm_cmr" / "audit.json"
+    if fm_teacher.is_file():  # the pipeline's audit of the fm teacher: the same members, non-members and slices
+        out.setdefault("teachers", {})["fm_cmr"] = json.loads(fm_teacher.read_text())
+        out["teachers"]["fm_cmr"].get("leakage", {}).pop("synthetic_to_train", None)
     return out
 
 
@@ -193,18 +229,21 @@ def coupling_errors(ctx: dict, held_out: int = 128) -> dict:
     from cmrsynth.generative import TeacherPairs, get_sampler, load_generator
 
     out = {}
-    for stage, bundle in (("mask", "mask_generator"), ("image", "ddpm_cmr")):
-        pairs = TeacherPairs(ctx["roots"]["students"][stage] / "pairs" / "teacher_pairs.pt", "validation")
+    for stage, bundle in (("mask", "mask_generator"), ("image", "ddpm_cmr"), ("fm_cmr", "fm_cmr")):
+        folder = "mask" if stage == "mask" else bundle
+        if not (ctx["roots"]["students"][folder] / "pairs" / "teacher_pairs.pt").is_file():
+            continue
+        pairs = TeacherPairs(ctx["roots"]["students"][folder] / "pairs" / "teacher_pairs.pt", "validation")
         items = [pairs[i] for i in range(min(held_out, len(pairs)))]
         z, x = torch.stack([i["noise"] for i in items]), torch.stack([i["sample"] for i in items])
         mask = torch.stack([i["label"] for i in items]) if "label" in items[0] else None
         for weights in ("teachers", "students"):
-            g = load_generator(REPO / "bundles" / bundle, ctx["roots"][weights][stage], checkpoint="best_ema.pt",
+            g = load_generator(REPO / "bundles" / bundle, ctx["roots"][weights][folder], checkpoint="best_ema.pt",
                                overrides={"timestep_spacing": "trailing"})
             labels = torch.stack([i["class"] for i in items]) if g.classes.groups else None
             for steps in (1, 2):
                 with torch.no_grad():
-                    y = get_sampler("ddim")(g.bind(mask, labels), z, g.objective.time_grid(steps))
+                    y = get_sampler(SAMPLERS[bundle])(g.bind(mask, labels), z, g.objective.time_grid(steps))
                 out[f"{stage}/{weights}/{steps}"] = {"mse": F.mse_loss(y, x).item(), "couplings": len(items)}
     return out
 
@@ -243,6 +282,8 @@ def main() -> None:
     p.add_argument("--settings", default=",".join(SETTINGS), help="settings to measure (comma-separated)")
     p.add_argument("--work", default=str(REPO / "runs" / "bench14"), help="students, chains, segmenters")
     p.add_argument("--teachers", default=str(REPO / "runs" / "bench"), help="the teachers' work folder (and acdc64)")
+    p.add_argument("--fm-teacher", default=str(REPO / "runs" / "acdc_cpu64" / "fm_cmr"),
+                   help="fm_cmr teacher run folder (default: the ACDC cpu64 pipeline's, same split, audited beside it)")
     p.add_argument("--seg-work", default=str(REPO / "runs" / "bench_seg13"), help="holds the real-only scorer segmenter")
     p.add_argument("--pairs", type=int, default=1000)
     p.add_argument("--timing-pairs", type=int, default=512)
@@ -256,7 +297,7 @@ def main() -> None:
     work, teachers = Path(args.work), Path(args.teachers)
     data = prepared_acdc(teachers / "acdc64", 64)
     ctx = {"work": work, "data": data, "real": data / "datalist.json", "real_test": load_section(data, "test"),
-           "scorer": Path(args.seg_work) / "seg_utility" / "real", "roots": roots(teachers, work), "pairs": args.pairs,
+           "scorer": Path(args.seg_work) / "seg_utility" / "real", "roots": roots(teachers, work, Path(args.fm_teacher)), "pairs": args.pairs,
            "seed": args.seed, "threads": args.threads}
     part = {"benchmark": "few-step sampling", "data": "ACDC (../shared/data/acdc), 64x64 CPU preset, seed-0 split: "
             "train 50 / val 10 / test 10 patients", "pairs": args.pairs, "segmenter_steps": SEGMENTER_STEPS,
@@ -280,7 +321,7 @@ def training(work: Path) -> dict:
     from cmrsynth.bundle_run import trainer_progress
 
     out = {}
-    for name in ("mask_generator_student", "ddpm_cmr_student"):
+    for name in ("mask_generator_student", "ddpm_cmr_student", "fm_cmr_student"):
         root = work / name
         if (root / "models" / "checkpoint_final.pt").is_file():
             import torch
@@ -303,14 +344,12 @@ def _faithfulness(row: dict) -> float:
 
 
 def aims(result: dict) -> list[str]:
-    """The issue's aims, each met or not, for the fastest student setting that keeps its quality, else the 2-step one."""
+    """The issue's aims, each met or not, for every student setting against its teacher chain."""
     rows, timing = result.get("settings", {}), result.get("timing", {})
-    teacher, lines = rows.get("teacher_ddim50"), []
-    if not teacher:
-        return lines
-    for key in ("student_1", "student_2"):
-        row = rows.get(key)
-        if not row:
+    lines = []
+    for key in (k for k, setting in SETTINGS.items() if setting.weights == "students"):
+        row, teacher = rows.get(key), rows.get(SETTINGS[key].reference)
+        if not row or not teacher or "segmenter" not in row or "segmenter" not in teacher:
             continue
         speed = max((timing.get(f"{key}/batch{b}", {}).get("pairs_per_second", 0.0) for b in (64, 256)), default=0.0)
         drops = {"mask plausibility": teacher["chain"]["mask_plausibility_rate"] - row["chain"]["mask_plausibility_rate"],
@@ -320,7 +359,7 @@ def aims(result: dict) -> list[str]:
         worst = max(drops, key=drops.get)
         ratio = result["paper_recipe"]["pair"] / row["flops"]["pair"]
         lines.append(f"- {row['label']}: {speed:.1f} pairs per second (aim >= 20: {'met' if speed >= 20 else 'not met'}); "
-                     f"largest quality drop against the DDIM-50 teachers {drops[worst]:+.3f} ({worst}; aim <= 0.01: "
+                     f"largest quality drop against its teacher chain {drops[worst]:+.3f} ({worst}; aim <= 0.01: "
                      f"{'met' if drops[worst] <= 0.01 else 'not met'}); {ratio:,.0f}x fewer FLOPs per pair than the paper's "
                      f"recipe (aim >= 10,000x: {'met' if ratio >= 10_000 else 'not met'}).")
     return lines
@@ -368,10 +407,11 @@ def tables(result: dict) -> str:
         out.append(f"| pair | | | | {paper['pair'] / 1e12:.1f} |")
     errors = result.get("coupling_errors", {})
     if errors:
-        out += ["", "Distance to the teacher's DDIM-50 sample of the same noise and conditions (the student's validation "
-                "couplings, not trained on; mean squared error in the objective's space; DDIM at 1 / 2 trailing steps):", "",
+        out += ["", "Distance to the teacher's 50-step sample of the same noise and conditions (the student's validation "
+                "couplings, not trained on; mean squared error in the objective's space; DDIM at 1 / 2 trailing steps, fm_cmr: "
+                "Euler):", "",
                 "| stage | teacher, 1 step | teacher, 2 steps | student, 1 step | student, 2 steps |", "|---|---|---|---|---|"]
-        for stage in ("mask", "image"):
+        for stage in (s for s in ("mask", "image", "fm_cmr") if f"{s}/teachers/1" in errors):
             out.append(f"| {stage} | " + " | ".join(f"{errors[f'{stage}/{w}/{n}']['mse']:.4f}" for w in ("teachers", "students")
                                                      for n in (1, 2)) + " |")
     audits_ = result.get("audits", {})
@@ -382,6 +422,7 @@ def tables(result: dict) -> str:
                 "| generator | strongest attack per patient: AUC | per slice: AUC, TPR at 1 % FPR | reconstruction AUC |",
                 "|---|---|---|---|"]
         named = {"ddpm_cmr_student": audits_.get("ddpm_cmr_student"), "ddpm_cmr teacher (new default)": audits_.get("teachers", {}).get("new_default"),
+                 "fm_cmr_student": audits_.get("fm_cmr_student"), "fm_cmr teacher": audits_.get("teachers", {}).get("fm_cmr"),
                  "mask_generator_student": audits_.get("mask_generator_student"),
                  "mask_generator teacher": audits_.get("teachers", {}).get("mask_generator")}
         for name, a in named.items():
