@@ -72,15 +72,15 @@ class Setting:
 
     @property
     def image_sampler(self) -> str:
-        return SAMPLERS[self.image]
+        return DEFAULT_SAMPLER[self.image]
 
     @property
     def nfe_image(self) -> int:
         return self.image_steps or self.steps
 
 
-#: each stage's deterministic sampler, the one its students were distilled from
-SAMPLERS = {"mask_generator": "ddim", "ddpm_cmr": "ddim", "fm_cmr": "euler"}
+#: each image generator's deterministic sampler (its bundle's default), the one its student was distilled from
+DEFAULT_SAMPLER = {"ddpm_cmr": "ddim", "fm_cmr": "euler"}
 SETTINGS = {
     "teacher_ddim50": Setting("teachers, DDIM-50 (the default today)", "teachers", 50),
     "teacher_ddim10": Setting("teachers, DDIM-10", "teachers", 10, segmenter=False),
@@ -105,6 +105,19 @@ def roots(teachers: Path, work: Path, fm_teacher: Path) -> dict[str, dict[str, P
                          "fm_cmr": fm_teacher},
             "students": {"mask": work / "mask_generator_student", "ddpm_cmr": work / "ddpm_cmr_student",
                          "fm_cmr": work / "fm_cmr_student"}}
+
+
+def available(folders: dict[str, dict[str, Path]]) -> list[str]:
+    """The settings whose mask and image weights exist (a note for each one left out)."""
+    keys = []
+    for key, setting in SETTINGS.items():
+        need = [folders[setting.weights][stage] / "models" / "best_ema.pt" for stage in ("mask", setting.image)]
+        missing = [str(p) for p in need if not p.is_file()]
+        if missing:
+            print(f"{key}: left out, {', '.join(missing)} not found")
+        else:
+            keys.append(key)
+    return keys
 
 
 def chain(setting: Setting, folders: dict[str, Path], out: Path, pairs: int, batch: int, seed: int, threads: int) -> dict:
@@ -187,15 +200,17 @@ def quality_row(key: str, setting: Setting, ctx: dict) -> dict:
 
 
 def audits(ctx: dict) -> dict:
-    """privacy_audit of both students through the generator contract, as their teachers were audited (privacy_audit's
-    benchmark: 6 slices per patient); the reconstruction attack samples as the student is used, one step."""
+    """privacy_audit of each trained student through the generator contract, as their teachers were audited
+    (privacy_audit's benchmark: 6 slices per patient); the reconstruction attack samples as the student is used, one
+    step. The fm_cmr teacher's row is the ACDC cpu64 pipeline's audit of it, used only when that audit attacked this
+    teacher (a pipeline run with fast sampling audits its student instead)."""
     work, data = ctx["work"], ctx["data"]
     out = {}
     for name, bundle, synthetic in (("ddpm_cmr_student", "ddpm_cmr", work / "chains" / "student_1" / "datalist.json"),
                                     ("fm_cmr_student", "fm_cmr", work / "chains" / "fm_student_1" / "datalist.json"),
                                     ("mask_generator_student", "mask_generator", None)):
         folder = work / "privacy_audit" / name
-        if not (work / name / "models" / "best_ema.pt").is_file():
+        if not (work / name / "models" / "best_ema.pt").is_file() or (synthetic is not None and not synthetic.is_file()):
             continue
         if not (folder / "audit.json").is_file():
             overrides = {"generator_bundle": str(REPO / "bundles" / bundle), "generator_root": str(work / name),
@@ -212,17 +227,19 @@ def audits(ctx: dict) -> dict:
     if teachers.is_file():
         rows = json.loads(teachers.read_text()).get("recipes", {})
         out["teachers"] = {k: rows[k]["audit"] for k in ("new_default", "mask_generator") if k in rows}
-    fm_teacher = ctx["roots"]["teachers"]["fm_cmr"].parent / "privacy_audit" / "fm_cmr" / "audit.json"
-    if fm_teacher.is_file():  # the pipeline's audit of the fm teacher: the same members, non-members and slices
-        out.setdefault("teachers", {})["fm_cmr"] = json.loads(fm_teacher.read_text())
+    fm_teacher = ctx["roots"]["teachers"]["fm_cmr"]
+    record = fm_teacher.parent / "stages" / "audit.fm_cmr.json"
+    attacked = json.loads(record.read_text())["settings"]["overrides"].get("generator_root") if record.is_file() else None
+    if attacked and Path(attacked).resolve() == fm_teacher.resolve():  # same members, non-members and slices
+        out.setdefault("teachers", {})["fm_cmr"] = json.loads((fm_teacher.parent / "privacy_audit" / "fm_cmr" / "audit.json").read_text())
         out["teachers"]["fm_cmr"].get("leakage", {}).pop("synthetic_to_train", None)
     return out
 
 
 def coupling_errors(ctx: dict, held_out: int = 128) -> dict:
-    """How far one and two steps land from the teacher's DDIM-50 sample of the same noise and conditions, on couplings
-    the student never trained on (the last 10 % of its couplings): teacher against student, mean squared error in the
-    objective's space."""
+    """How far one and two steps land from the teacher's 50-step sample (DDIM; fm_cmr: Euler) of the same noise and
+    conditions, on the student's validation couplings (never trained on): teacher against student, mean squared error
+    in the objective's space."""
     import torch
     import torch.nn.functional as F
 
@@ -243,7 +260,7 @@ def coupling_errors(ctx: dict, held_out: int = 128) -> dict:
             labels = torch.stack([i["class"] for i in items]) if g.classes.groups else None
             for steps in (1, 2):
                 with torch.no_grad():
-                    y = get_sampler(SAMPLERS[bundle])(g.bind(mask, labels), z, g.objective.time_grid(steps))
+                    y = get_sampler(g.sampler)(g.bind(mask, labels), z, g.objective.time_grid(steps))
                 out[f"{stage}/{weights}/{steps}"] = {"mse": F.mse_loss(y, x).item(), "couplings": len(items)}
     return out
 
@@ -279,7 +296,7 @@ def main() -> None:
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--stage", choices=["quality", "audits", "timing", "render"], default="quality")
-    p.add_argument("--settings", default=",".join(SETTINGS), help="settings to measure (comma-separated)")
+    p.add_argument("--settings", default=None, help="settings to measure (comma-separated; default: all whose weights exist)")
     p.add_argument("--work", default=str(REPO / "runs" / "bench14"), help="students, chains, segmenters")
     p.add_argument("--teachers", default=str(REPO / "runs" / "bench"), help="the teachers' work folder (and acdc64)")
     p.add_argument("--fm-teacher", default=str(REPO / "runs" / "acdc_cpu64" / "fm_cmr"),
@@ -302,7 +319,7 @@ def main() -> None:
     part = {"benchmark": "few-step sampling", "data": "ACDC (../shared/data/acdc), 64x64 CPU preset, seed-0 split: "
             "train 50 / val 10 / test 10 patients", "pairs": args.pairs, "segmenter_steps": SEGMENTER_STEPS,
             "students": training(work), f"machine_{args.stage}": machine()}
-    keys = [k for k in args.settings.split(",") if k]
+    keys = args.settings.split(",") if args.settings else available(ctx["roots"])
     if args.stage == "quality":
         with ThreadPoolExecutor(args.parallel) as pool:
             part["settings"] = dict(zip(keys, pool.map(lambda k: quality_row(k, SETTINGS[k], ctx), keys)))

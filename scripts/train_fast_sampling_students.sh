@@ -18,7 +18,7 @@ student() {
     --bundle_root "$W/${bundle}_student" --dataset_dir "$T/acdc64" --teacher "$teacher" --max_epochs 10 --seed 0 \
     --progress_bar False >> "$W/${bundle}_student.log" 2>&1)
 }
-student mask_generator "$T/mask_generator_signed_distance/models/best_ema.pt" &
-student ddpm_cmr "$T/ddpm_cmr_private/models/best_ema.pt" &
-wait
+student mask_generator "$T/mask_generator_signed_distance/models/best_ema.pt" & mask=$!
+student ddpm_cmr "$T/ddpm_cmr_private/models/best_ema.pt" & image=$!
+wait "$mask" && wait "$image"
 if [ -n "$FM" ]; then student fm_cmr "$FM/models/best_ema.pt"; fi

@@ -62,7 +62,8 @@ def test_half_precision_packing_halves_the_weights_and_they_load_into_a_float32_
     root = tmp_path / "run"
     (root / "models").mkdir(parents=True)
     net = torch.nn.Linear(64, 64)
-    torch.save({"ema": net.state_dict(), "card": {"groups": ["NOR"]}, "step": torch.tensor(3)}, root / "models" / "best_ema.pt")
+    torch.save({"ema": net.state_dict(), "card": {"groups": ["NOR"]}, "step": torch.tensor(3),
+                "history": [torch.ones(2, dtype=torch.float64)]}, root / "models" / "best_ema.pt")
     full = zoo.pack(REPO / "bundles" / "ddpm_cmr", root, ["models/best_ema.pt"], tmp_path / "full.zip")
     half = zoo.pack(REPO / "bundles" / "ddpm_cmr", root, ["models/best_ema.pt"], tmp_path / "half.zip", half=True)
     size = {z: zipfile.ZipFile(z).getinfo("ddpm_cmr/models/best_ema.pt").file_size for z in (full, half)}
@@ -71,7 +72,8 @@ def test_half_precision_packing_halves_the_weights_and_they_load_into_a_float32_
     zoo.verify(target)
     state = torch.load(target / "models" / "best_ema.pt", weights_only=True)
     assert state["ema"]["weight"].dtype == torch.float16 and state["step"].dtype == torch.int64
-    assert state["card"] == {"groups": ["NOR"]}
+    assert state["card"] == {"groups": ["NOR"]} and state["history"][0].dtype == torch.float64  # only float32 halves
+    assert hasattr(state["ema"], "_metadata")  # the state dict stays a state dict
     loaded = torch.nn.Linear(64, 64)
     loaded.load_state_dict(state["ema"])
     x = torch.randn(8, 64)
@@ -84,9 +86,17 @@ def test_half_precision_packing_of_a_file_that_is_not_a_checkpoint_is_one_clear_
     root = tmp_path / "run"
     (root / "models").mkdir(parents=True)
     (root / "models" / "best_ema.pt").write_text("not weights")
-    with pytest.raises(CMRDataError, match="best_ema.pt: not a PyTorch checkpoint"):
+    with pytest.raises(CMRDataError, match="best_ema.pt: not a weights-only PyTorch checkpoint"):
         zoo.pack(REPO / "bundles" / "ddpm_cmr", root, ["models/best_ema.pt"], tmp_path / "b.zip", half=True)
     assert not (tmp_path / "b.zip").exists()
+
+
+def test_half_precision_refuses_weights_float16_cannot_hold(tmp_path):
+    root = tmp_path / "run"
+    (root / "models").mkdir(parents=True)
+    torch.save({"ema": {"scale": torch.tensor([1e6])}}, root / "models" / "best_ema.pt")
+    with pytest.raises(CMRDataError, match=r"checkpoint.ema.scale holds values float16 cannot represent"):
+        zoo.pack(REPO / "bundles" / "ddpm_cmr", root, ["models/best_ema.pt"], tmp_path / "b.zip", half=True)
 
 
 def test_a_tampered_weight_file_is_refused_and_nothing_is_installed(tmp_path):

@@ -70,23 +70,37 @@ def validate_metadata(bundle_dir: str | Path) -> dict:
 
 
 def half_precision(path: Path) -> bytes:
-    """A checkpoint re-saved with its floating-point tensors in float16 (half the bytes); anything else unchanged.
-    ``load_state_dict`` casts them back into a float32 network, so nothing that loads weights needs to know."""
+    """A checkpoint re-saved with its float32 tensors in float16 (half the bytes); containers (a state dict's type and
+    ``_metadata`` included) and everything else unchanged. ``load_state_dict`` casts them back into a float32
+    network, so nothing that loads weights needs to know.
+
+    Raises:
+        CMRDataError: not a weights-only checkpoint, or a value float16 cannot hold (naming the tensor).
+    """
     import torch
 
-    def halve(value):
-        if isinstance(value, torch.Tensor) and value.is_floating_point():
-            return value.half()
+    def halve(value, name: str):
+        if isinstance(value, torch.Tensor) and value.dtype == torch.float32:
+            half = value.half()
+            if not torch.isfinite(half).all() and torch.isfinite(value).all():
+                raise CMRDataError(path, f"{name} holds values float16 cannot represent (|x| > 65504): pack without --half")
+            return half
         if isinstance(value, dict):
-            return {k: halve(v) for k, v in value.items()}
+            out = type(value)((k, halve(v, f"{name}.{k}")) for k, v in value.items())
+            if hasattr(value, "_metadata"):
+                out._metadata = value._metadata
+            return out
+        if isinstance(value, (list, tuple)):
+            return type(value)(halve(v, f"{name}[{i}]") for i, v in enumerate(value))
         return value
 
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for a file that is not a checkpoint
-        raise CMRDataError(path, f"not a PyTorch checkpoint ({type(exc).__name__})") from None
+    except Exception as exc:  # torch raises several types for a file it cannot read as weights
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise CMRDataError(path, f"not a weights-only PyTorch checkpoint ({first})") from None
     buffer = io.BytesIO()
-    torch.save(halve(state), buffer)
+    torch.save(halve(state, "checkpoint"), buffer)
     return buffer.getvalue()
 
 
@@ -96,13 +110,14 @@ def pack(bundle_dir: str | Path, run_root: str | Path, weights: list[str], out_z
     bundle_dir, run_root, out_zip = Path(bundle_dir), Path(run_root), Path(out_zip)
     meta = validate_metadata(bundle_dir)
     name = bundle_dir.name
-    entries, payloads = [], {}
+    entries, halved = [], {}
     for rel in weights:
         if not (run_root / rel).is_file():
             raise CMRDataError(run_root / rel, "weight file to pack not found")
-        payloads[rel] = half_precision(run_root / rel) if half else (run_root / rel).read_bytes()
-        entries.append({"path": rel, "url": "", "hash_val": hashlib.sha256(payloads[rel]).hexdigest(),
-                        "hash_type": "sha256"})
+        if half:
+            halved[rel] = half_precision(run_root / rel)
+        digest = hashlib.sha256(halved[rel]).hexdigest() if half else sha256(run_root / rel)
+        entries.append({"path": rel, "url": "", "hash_val": digest, "hash_type": "sha256"})
     out_zip.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_zip.with_name(out_zip.name + ".tmp")
     texts = [f for sub in ("configs", "docs") for f in sorted((bundle_dir / sub).rglob("*")) if f.is_file()]
@@ -112,8 +127,11 @@ def pack(bundle_dir: str | Path, run_root: str | Path, weights: list[str], out_z
     with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
         for f in texts:
             z.write(f, f"{name}/{f.relative_to(bundle_dir).as_posix()}")
-        for rel, payload in payloads.items():
-            z.writestr(f"{name}/{rel}", payload)
+        for e in entries:
+            if e["path"] in halved:
+                z.writestr(f"{name}/{e['path']}", halved[e["path"]])
+            else:  # streamed: a training checkpoint can be large
+                z.write(run_root / e["path"], f"{name}/{e['path']}")
         z.writestr(f"{name}/{LARGE_FILES}", listing)
         z.writestr(f"{name}/{CHECKSUMS}", checksums)
     tmp.replace(out_zip)

@@ -34,3 +34,13 @@ def test_changed_contents_or_names_change_the_fingerprint(tmp_path):
 
 def test_the_fingerprint_does_not_depend_on_where_the_cohort_lies(tmp_path):
     assert cohort_fingerprint(_cohort(tmp_path / "x" / "a")) == cohort_fingerprint(_cohort(tmp_path / "y" / "b"))
+
+
+def test_a_run_folder_beside_a_datalist_is_not_part_of_its_cohort(tmp_path):
+    cohort = _cohort(tmp_path / "a")
+    datalist = cohort / "datalist.json"
+    datalist.write_text("{}")
+    before = cohort_fingerprint(datalist, exclude=cohort / "run")
+    (cohort / "run" / "models").mkdir(parents=True)
+    (cohort / "run" / "models" / "checkpoint.pt").write_bytes(b"weights that change on every resume")
+    assert cohort_fingerprint(datalist, exclude=cohort / "run") == before

@@ -23,7 +23,7 @@ import hashlib
 import json
 import shutil
 from dataclasses import asdict, dataclass
-from functools import partial
+from functools import cached_property, partial
 from pathlib import Path
 
 from cmrsynth.bundle_run import run_bundle, trainer_progress
@@ -59,14 +59,17 @@ class Request:
     real_slices_in_report: bool = True  # real training slices beside the synthetic ones in the report
 
 
-def cohort_fingerprint(path: Path) -> str:
+def cohort_fingerprint(path: Path, exclude: Path | None = None) -> str:
     """A hash of a cohort's file names and contents (its path is not part of it: nothing identifying goes into the
     run's records). Contents, not modification times: a cohort copied or restored elsewhere is the same cohort,
-    and a resumed run must not retrain everything because of it."""
+    and a resumed run must not retrain everything because of it. Files under ``exclude`` (the run folder, when it
+    lies beside a datalist) are left out."""
     h = hashlib.sha256()
     root = path.parent if path.is_file() else path  # a datalist's files sit around it
+    skip = exclude.resolve() if exclude is not None else None
     for f in sorted(p for p in root.rglob("*") if p.is_file()):
-        h.update(f"{f.relative_to(root)}:{sha256(f)}".encode())
+        if skip is None or not f.resolve().is_relative_to(skip):
+            h.update(f"{f.relative_to(root)}:{sha256(f)}".encode())
     return h.hexdigest()[:16]
 
 
@@ -85,6 +88,11 @@ class Pipeline:
         self.uri = ""
 
     # ---- helpers -------------------------------------------------------------------------------------------------
+    @cached_property
+    def cohort_hash(self) -> str:
+        """The user's cohort's fingerprint (read once: it hashes every file)."""
+        return cohort_fingerprint(self.req.input, exclude=self.out)
+
     def bundle(self, stage: str, bundle: str, configs: list[str], root: Path, overrides: dict, tracked: bool = False) -> float:
         """``python -m monai.bundle run`` of a bundle into ``root``, logged to logs/<stage>.log; one line on failure."""
         log = self.out / "logs" / f"{stage}.log"
@@ -131,8 +139,8 @@ class Pipeline:
         if self.req.input is None:
             source = {"phantom_per_group": self.preset.phantom_per_group}
         else:
-            source = {"reader": self.req.reader, "cohort": cohort_fingerprint(self.req.input),
-                      "info_csv": cohort_fingerprint(self.req.info_csv) if self.req.info_csv else None}
+            source = {"reader": self.req.reader, "cohort": self.cohort_hash,
+                      "info_csv": sha256(self.req.info_csv)[:16] if self.req.info_csv else None}
 
         def job() -> dict:
             records = self.records
@@ -209,7 +217,7 @@ class Pipeline:
     def install_zoo(self, bundle: str) -> Path:
         """The shipped phantom-trained bundle, installed (hash-verified) under the run folder; reinstalled when the
         shipped zip changed."""
-        from cmrsynth.zoo import install, sha256
+        from cmrsynth.zoo import install
 
         source, target = ZOO_PHANTOM / f"{bundle}.zip", self.out / "zoo" / bundle
         digest = sha256(source) if source.is_file() else None
@@ -337,7 +345,7 @@ class Pipeline:
         bundles = [MASK_GENERATOR.bundle, *self.names, SEG, "privacy_audit"]
         self.uri = create_experiments(self.out, [EXPERIMENT, *bundles])
         params = {"preset": asdict(self.preset), "generators": self.names, "seed": self.req.seed, "sampling": self.preset.sampling,
-                  "cohort": "embedded phantoms" if self.req.input is None else f"{self.req.reader} cohort {cohort_fingerprint(self.req.input)}"}
+                  "cohort": "embedded phantoms" if self.req.input is None else f"{self.req.reader} cohort {self.cohort_hash}"}
         with tracked_run(self.out, EXPERIMENT, f"{self.preset.name}", params, uri=self.uri) as tracker:
             self.runner = StageRunner(self.out, self.total_stages(), tracker)
             facts = {"request": params, "prepare": self.prepare()}
