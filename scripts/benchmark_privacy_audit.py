@@ -15,7 +15,8 @@ release gate) beside the utility (seg_utility synthetic-only Dice, 700 steps) an
 same mask_generator masks. Rows: ddpm_cmr's old default (no augmentation, final weights), the new default
 (augmentation, validation-best EMA), DP-SGD from scratch and after public phantom pre-training (eps 10, delta 1e-5,
 the same 20 passes), untrained (sanity: must not be caught), overfit on 5 patients (sanity: must be caught), and the
-mask_generator audited on real masks. Generators are trained by scripts/train_privacy_benchmark_generators.sh
+mask_generator audited on real masks; fm_cmr, ldm_cmr and the mask generator under the new default recipe as the ACDC
+cpu64 pipeline trained them (runs/acdc_cpu64, the same split). Generators are trained by scripts/train_privacy_benchmark_generators.sh
 (fixed step counts; a rerun only audits); the old default and the segmenter protocol come from the ddpm_cmr and
 seg_utility benchmarks.
 
@@ -38,6 +39,7 @@ from cmrsynth.bundle_run import run_bundle
 BUNDLE = REPO / "bundles" / "privacy_audit"
 DDPM = REPO / "bundles" / "ddpm_cmr"
 SEGMENTER_STEPS = 700  # the seg_utility benchmark's fixed protocol, so the old default's segmenter is reused
+PIPELINE = "../acdc_cpu64"  # the ACDC cpu64 pipeline run, relative to the work folder (runs/bench)
 
 
 @dataclass
@@ -51,6 +53,8 @@ class Recipe:
     members: str = "datalist.json"  # the prepared datalist whose training section trained it
     utility: bool = True  # draw images on the benchmark masks; segmenter and fidelity
     dp: bool = False
+    pipeline_stages: tuple[str, ...] = ()  # trained by the ACDC cpu64 pipeline: the stages whose records time it
+    synthetic: str | None = None  # a mask generator's own masks (relative to the work folder), audited for near copies
 
 
 RECIPES = {
@@ -63,6 +67,16 @@ RECIPES = {
                       members="datalist_5patients.json", utility=False),
     "mask_generator": Recipe("mask_generator (validation-best EMA, the inference default)", "mask_generator_signed_distance",
                              bundle="mask_generator", utility=False),
+    # the other generators' new defaults, as `cmr-synth run --preset cpu64` trained them on the same split
+    "fm_new_default": Recipe("fm_cmr, new default (augmentation, validation-best EMA; the cpu64 pipeline's)",
+                             f"{PIPELINE}/fm_cmr", bundle="fm_cmr", pipeline_stages=("fm_cmr.train",)),
+    "ldm_new_default": Recipe("ldm_cmr, new default (augmentation, validation-best EMA; the cpu64 pipeline's)",
+                              f"{PIPELINE}/ldm_cmr", bundle="ldm_cmr",
+                              pipeline_stages=("ldm_cmr.train.autoencoder", "ldm_cmr.train.latent")),
+    "mask_new_default": Recipe("mask_generator, new default (augmentation, validation-best EMA; the cpu64 pipeline's)",
+                               f"{PIPELINE}/mask_generator", bundle="mask_generator", utility=False,
+                               pipeline_stages=("mask_generator.train",),
+                               synthetic=f"{PIPELINE}/mask_generator/eval/masks/datalist.json"),
 }
 
 
@@ -92,6 +106,16 @@ def dp_training_facts(root: Path, delta: float) -> dict:
     if "dp" not in state:
         raise SystemExit(f"{root}: the checkpoint holds no DP-SGD accountant (did training run with dp_train.yaml?)")
     return {"max_grad_norm": dp["dp_max_grad_norm"], **training_facts(root), **budget_spent(state["dp"], delta)}
+
+
+def pipeline_training_facts(root: Path, stages: tuple[str, ...]) -> dict:
+    """Steps from the final checkpoint, wall time from the pipeline's stage records (its logs hold every attempt)."""
+    from cmrsynth.bundle_run import trainer_progress
+
+    seconds = sum(json.loads((root.parent / "stages" / f"{s}.json").read_text())["seconds"] for s in stages)
+    progress = trainer_progress(root / "models" / "checkpoint_final.pt")
+    return {**progress, "training_wall_seconds": seconds, "threads": 2, "trained_by": f"cmr-synth run --preset cpu64 ({', '.join(stages)})",
+            "seconds_per_step": seconds / max(progress["iteration"], 1)}
 
 
 def audit(work: Path, recipe: Recipe, name: str, data: Path, synthetic: Path | None, encoder: Path, threads: int,
@@ -212,7 +236,9 @@ def results_markdown(result: dict) -> str:
             t = row["training"]
             extra = (f", (ε, δ) = ({row['dp_training']['epsilon']:.2f}, {row['dp_training']['delta']:g}), noise multiplier "
                      f"{row['dp_training']['noise_multiplier']:.3f}" if "dp_training" in row else "")
-            parts.append(f"- {row['label']}: {t['iteration']} steps ({t['training_wall_seconds'] / 60:.0f} min on 1 thread){extra}.")
+            threads = t.get("threads", 1)
+            parts.append(f"- {row['label']}: {t['iteration']} steps ({t['training_wall_seconds'] / 60:.0f} min on {threads} "
+                         f"thread{'s' if threads > 1 else ''}){extra}.")
     parts += ["### Privacy", privacy_table(rows),
               "The strongest attack is picked after the fact among 8 uncalibrated (and 8 calibrated) attacks, so its AUC is "
               "optimistic for the attacker. Per slice, 1 % FPR of the non-member slices allows one or two false positives "
@@ -293,16 +319,19 @@ def main() -> None:
             continue
         row = {"label": recipe.label, "root": recipe.root, "checkpoint": recipe.checkpoint}
         queue_log = work / f"{recipe.root}.train.log"  # where scripts/train_privacy_benchmark_generators.sh logs
-        if queue_log.is_file() and not (root / "train.log").is_file():
+        if recipe.pipeline_stages:
+            row["training"] = pipeline_training_facts(root, recipe.pipeline_stages)
+        elif queue_log.is_file() and not (root / "train.log").is_file():
             shutil.copy(queue_log, root / "train.log")
-        if (root / "train.log").is_file():
+        if (root / "train.log").is_file() and not recipe.pipeline_stages:
             row["training"] = training_facts(root)
         if recipe.dp:
             row["dp_training"] = dp_training_facts(root, 1e-5)
         if recipe.utility:
             row["images"] = evaluate_images(work, seg_work, key, recipe, masks, real, args.seed, args.threads)
         synthetic = (Path(row["images"]["images"]) if recipe.utility
-                     else masks if key == "mask_generator" else None)  # the benchmark's masks (its final weights)
+                     else masks if key == "mask_generator"  # the benchmark's masks (its final weights)
+                     else work / recipe.synthetic if recipe.synthetic else None)
         row["audit"] = audit(work, recipe, key, data, synthetic, seg_work / "seg_utility" / "real", args.threads,
                              args.slices_per_patient)
         rows[key] = row
