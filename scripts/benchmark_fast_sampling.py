@@ -230,7 +230,8 @@ def audits(ctx: dict) -> dict:
     fm_teacher = ctx["roots"]["teachers"]["fm_cmr"]
     record = fm_teacher.parent / "stages" / "audit.fm_cmr.json"
     attacked = json.loads(record.read_text())["settings"]["overrides"].get("generator_root") if record.is_file() else None
-    if attacked and Path(attacked).resolve() == fm_teacher.resolve():  # same members, non-members and slices
+    if attacked and Path(attacked.replace("<run>", str(fm_teacher.parent))).resolve() == fm_teacher.resolve():
+        # the pipeline records its run folder as <run>; the same members, non-members and slices as the students
         out.setdefault("teachers", {})["fm_cmr"] = json.loads((fm_teacher.parent / "privacy_audit" / "fm_cmr" / "audit.json").read_text())
         out["teachers"]["fm_cmr"].get("leakage", {}).pop("synthetic_to_train", None)
     return out

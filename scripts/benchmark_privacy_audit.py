@@ -114,6 +114,7 @@ def pipeline_training_facts(root: Path, stages: tuple[str, ...]) -> dict:
 
     seconds = sum(json.loads((root.parent / "stages" / f"{s}.json").read_text())["seconds"] for s in stages)
     progress = trainer_progress(root / "models" / "checkpoint_final.pt")
+    # threads: the pipeline sets none, so torch used every core of this 2-core machine
     return {**progress, "training_wall_seconds": seconds, "threads": 2, "trained_by": f"cmr-synth run --preset cpu64 ({', '.join(stages)})",
             "seconds_per_step": seconds / max(progress["iteration"], 1)}
 
@@ -321,10 +322,11 @@ def main() -> None:
         queue_log = work / f"{recipe.root}.train.log"  # where scripts/train_privacy_benchmark_generators.sh logs
         if recipe.pipeline_stages:
             row["training"] = pipeline_training_facts(root, recipe.pipeline_stages)
-        elif queue_log.is_file() and not (root / "train.log").is_file():
-            shutil.copy(queue_log, root / "train.log")
-        if (root / "train.log").is_file() and not recipe.pipeline_stages:
-            row["training"] = training_facts(root)
+        else:
+            if queue_log.is_file() and not (root / "train.log").is_file():
+                shutil.copy(queue_log, root / "train.log")
+            if (root / "train.log").is_file():
+                row["training"] = training_facts(root)
         if recipe.dp:
             row["dp_training"] = dp_training_facts(root, 1e-5)
         if recipe.utility:

@@ -116,7 +116,9 @@ def pack(bundle_dir: str | Path, run_root: str | Path, weights: list[str], out_z
             raise CMRDataError(run_root / rel, "weight file to pack not found")
         if half:
             halved[rel] = half_precision(run_root / rel)
-        digest = hashlib.sha256(halved[rel]).hexdigest() if half else sha256(run_root / rel)
+            digest = hashlib.sha256(halved[rel]).hexdigest()
+        else:
+            digest = sha256(run_root / rel)
         entries.append({"path": rel, "url": "", "hash_val": digest, "hash_type": "sha256"})
     out_zip.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_zip.with_name(out_zip.name + ".tmp")
