@@ -4,12 +4,13 @@
 #   bash scripts/train_privacy_benchmark_generators.sh runs/bench
 # new default: ddpm_cmr's train.yaml, 33 epochs x 200 = 6,600 steps (the old default ran 6,582);
 # public pre-training: 100 procedural phantom patients, 2,000 steps; DP-SGD fine-tuning from it on the 50 members,
-# 20 passes at (10, 1e-5); overfit sanity: 5 patients, no augmentation, 1,000 steps.
+# 20 passes at (10, 1e-5); DP-SGD from scratch, the same budget and passes; overfit sanity: 5 patients, no augmentation, 1,000 steps.
 # Rerunning resumes each run from its last checkpoint. Needs <work>/acdc64 (scripts/benchmark_ddpm_cmr.py prepares it).
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd); W=$(realpath "${1:-runs/bench}")
 cd "$REPO"
 DDPM="['bundles/ddpm_cmr/configs/common.yaml','bundles/ddpm_cmr/configs/train.yaml']"
+DP="['bundles/ddpm_cmr/configs/common.yaml','bundles/ddpm_cmr/configs/train.yaml','bundles/ddpm_cmr/configs/dp_train.yaml']"
 DPP="['bundles/ddpm_cmr/configs/common.yaml','bundles/ddpm_cmr/configs/train.yaml','bundles/ddpm_cmr/configs/dp_train.yaml','bundles/ddpm_cmr/configs/dp_pretrained.yaml']"
 run() { local root=$1; shift; OMP_NUM_THREADS=1 python -m monai.bundle run --bundle_root "$root" "$@" --seed 0 --progress_bar False >> "$root.train.log" 2>&1; }
 run "$W/ddpm_cmr_private" --config_file "$DDPM" --dataset_dir "$W/acdc64" --max_epochs 33
@@ -27,6 +28,7 @@ PY
 run "$W/ddpm_cmr_public" --config_file "$DDPM" --dataset_dir "$W/phantom64" --max_epochs 10
 run "$W/ddpm_cmr_dp_pretrained" --config_file "$DPP" --dataset_dir "$W/acdc64" --max_epochs 100000 \
   --pretrained "$W/ddpm_cmr_public/models/best_ema.pt"
+run "$W/ddpm_cmr_dp" --config_file "$DP" --dataset_dir "$W/acdc64" --max_epochs 100000
 PYTHONPATH="$REPO/scripts" python -c "from pathlib import Path; from benchmark_privacy_audit import few_patient_datalist; few_patient_datalist(Path('$W/acdc64'), 5)"
 run "$W/ddpm_cmr_overfit5" --config_file "$DDPM" --dataset_dir "$W/acdc64" --datalist "$W/acdc64/datalist_5patients.json" \
   --max_epochs 5 --augment False
