@@ -153,7 +153,7 @@ def release_counts(synthetic: Path, real: Path) -> dict:
 
 def evaluate_images(work: Path, seg_work: Path, key: str, recipe: Recipe, masks: Path, real: Path, seed: int,
                     threads: int) -> dict:
-    """Images of a recipe drawn (DDIM-50, its bundle's sampler) on the benchmark masks; a segmenter trained on them alone
+    """Images of a recipe drawn by its bundle's default sampler on the benchmark masks; a segmenter trained on them alone
     (seg_utility protocol, real test patients) and their fidelity scored by the real-only segmenter."""
     reused = {"old_default": ("images", "synthetic"), "untrained": ("untrained", "synthetic-untrained")}
     if key in reused:  # the seg_utility benchmark's own images and segmenter: the same weights, masks and protocol
@@ -231,7 +231,8 @@ def results_markdown(result: dict) -> str:
     rows = result["recipes"]
     parts = [f"Measured on {result['machine']['date']}, {result['data']}; {result['threads']} torch threads; "
              f"{result['slices_per_patient']} slices per patient audited; segmenters {SEGMENTER_STEPS} steps on images drawn "
-             f"(DDIM-50) from the same {result['masks']} mask_generator masks, tested on the 10 real test patients."]
+             f"by each bundle's default sampler (ddpm_cmr and ldm_cmr DDIM-50, fm_cmr Euler-10) from the same "
+             f"{result['masks']} mask_generator masks, tested on the 10 real test patients."]
     for row in rows.values():
         if "training" in row:
             t = row["training"]
@@ -258,20 +259,29 @@ def _dice(row: dict) -> dict[str, float]:
     return {f"{s} {p}": summary[f"{p}/dice_{s.lower()}"]["mean"] for s in ("LV", "MYO", "RV") for p in ("ED", "ES")}
 
 
+def privacy_aim(row: dict) -> str:
+    """The privacy aim on one recipe: strongest slice-level attack (all non-members, then test patients alone), the
+    highest TPR at 1 % FPR of any attack, and the black-box reconstruction AUC."""
+    audit = row["audit"]
+    tables = [audit["membership_slices"], audit.get("test_non_members_only", {}).get("membership_slices", {})]
+    slices = {f"{n} (test non-members)" if i else n: m for i, t in enumerate(tables) for n, m in t.items()}
+    name, best = strongest(slices)
+    tpr = max(m["tpr_at_1pct_fpr"]["value"] for m in slices.values())
+    rec = audit["reconstruction"]["membership"]["neg_rms"]["auc"]["value"]
+    met = best["auc"]["value"] <= 0.60 and tpr <= 0.05 and rec <= 0.60
+    return (f"{'met' if met else 'not met'} (strongest {name} AUC {best['auc']['value']:.2f}; highest TPR at 1 % FPR of any "
+            f"attack {tpr:.3f}; black-box AUC {rec:.2f})")
+
+
 def aims(rows: dict) -> dict:
-    """The issue's aims, each stated with what was measured."""
+    """The issue's aims, each stated with what was measured (the privacy aim on every generator's new default)."""
     out = {}
     new, old, dp = rows.get("new_default"), rows.get("old_default"), rows.get("dp_pretrained")
-    if new:
-        tables = [new["audit"]["membership_slices"], new["audit"].get("test_non_members_only", {}).get("membership_slices", {})]
-        slices = {f"{n} (test non-members)" if i else n: m for i, t in enumerate(tables) for n, m in t.items()}
-        name, best = strongest(slices)
-        tpr = max(m["tpr_at_1pct_fpr"]["value"] for m in slices.values())
-        rec = new["audit"]["reconstruction"]["membership"]["neg_rms"]["auc"]["value"]
-        met = best["auc"]["value"] <= 0.60 and tpr <= 0.05 and rec <= 0.60
-        out["new default: strongest attack AUC <= 0.60 with TPR <= 5 % at 1 % FPR (slice level), black-box AUC <= 0.60"] = (
-            f"{'met' if met else 'not met'} (strongest {name} AUC {best['auc']['value']:.2f}; highest TPR at 1 % FPR of any "
-            f"attack {tpr:.3f}; black-box AUC {rec:.2f})")
+    for key in ("new_default", "fm_new_default", "ldm_new_default"):
+        if key in rows and "reconstruction" in rows[key]["audit"]:
+            generator = rows[key]["label"].split(",")[0]
+            out[f"{generator} new default: strongest attack AUC <= 0.60 with TPR <= 5 % at 1 % FPR (slice level), "
+                f"black-box AUC <= 0.60"] = privacy_aim(rows[key])
     if new and old and "images" in new and "images" in old:
         drops = {cell: old_v - _dice(new)[cell] for cell, old_v in _dice(old).items()}
         cell, worst = max(drops.items(), key=lambda kv: kv[1])
@@ -296,7 +306,9 @@ def main() -> None:
     args = p.parse_args()
     path = BUNDLE / "docs" / "benchmark.json"
     result = json.loads(path.read_text()) if path.is_file() else {}
-    if args.stage == "render":
+    if args.stage == "render":  # the aims are derived from the rows: restated with the current wording
+        result["aims"] = aims(result["recipes"])
+        write_benchmark(path, result)
         replace_marked(BUNDLE / "docs" / "README.md", "results", results_markdown(result))
         return
     work, seg_work = Path(args.work), Path(args.seg_work)
