@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import shutil
+from pathlib import Path
 
-from cmrsynth.pipeline.run import cohort_fingerprint
+from cmrsynth.pipeline.run import Pipeline, Request, cohort_fingerprint
 
 
 def _cohort(root):
@@ -44,3 +45,27 @@ def test_a_run_folder_beside_a_datalist_is_not_part_of_its_cohort(tmp_path):
     (cohort / "run" / "models").mkdir(parents=True)
     (cohort / "run" / "models" / "checkpoint.pt").write_bytes(b"weights that change on every resume")
     assert cohort_fingerprint(datalist, exclude=cohort / "run") == before
+
+
+class _RecordingRunner:
+    """Stands in for the StageRunner: keeps the settings each stage would hash."""
+
+    def __init__(self):
+        self.settings = {}
+
+    def run(self, name, settings, after, folders, job):
+        self.settings[name] = settings
+        return {}
+
+
+def _report_settings(tmp_path, real_slices: bool) -> dict:
+    pipeline = Pipeline(Request(out=tmp_path, real_slices_in_report=real_slices))
+    pipeline.runner = _RecordingRunner()
+    images = {n: {"synthetic": Path("x") / n / "datalist.json"} for n in pipeline.names}
+    pipeline.report({"sampling": {}}, images, Path("masks") / "datalist.json")
+    return pipeline.runner.settings["report"]
+
+
+def test_leaving_real_slices_out_rewrites_a_finished_report(tmp_path):
+    # a rerun with --no-real-slices must not skip the report as up to date and keep the real images in it
+    assert _report_settings(tmp_path, True) != _report_settings(tmp_path, False)

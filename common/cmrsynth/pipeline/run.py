@@ -411,7 +411,9 @@ class Pipeline:
         figures = {"real": self.prepared if self.req.real_slices_in_report else None, "masks": masks.parent / "masks.png",
                    **{n: images[n]["synthetic"].parent / "samples.png" for n in self.names}}
         out = self.out / "report"
-        return self.runner.run("report", {"facts": fingerprint(facts)}, [], [out],
+        # the choice of showing real slices is part of the report: changing it rewrites the report
+        settings = {"facts": fingerprint(facts), "real_slices": self.req.real_slices_in_report}
+        return self.runner.run("report", settings, [], [out],
                                lambda: write_report(facts, figures, out, self.machine()))
 
     def machine(self) -> dict:
