@@ -228,8 +228,9 @@ def results_markdown(result: dict) -> str:
     """The docs section: setup, the two tables, the aims, then each recipe's full report."""
     from cmrsynth.audit import report_markdown
 
-    rows = result["recipes"]
-    parts = [f"Measured on {result['machine']['date']}, {result['data']}; {result['threads']} torch threads; "
+    rows = {key: result["recipes"][key] for key in RECIPES if key in result["recipes"]}
+    dates = sorted({row["measured"]["date"] for row in rows.values()})
+    parts = [f"Measured on {' and '.join(dates)}, {result['data']}; "
              f"{result['slices_per_patient']} slices per patient audited; segmenters {SEGMENTER_STEPS} steps on images drawn "
              f"by each bundle's default sampler (ddpm_cmr and ldm_cmr DDIM-50, fm_cmr Euler-10) from the same "
              f"{result['masks']} mask_generator masks, tested on the 10 real test patients."]
@@ -238,9 +239,10 @@ def results_markdown(result: dict) -> str:
             t = row["training"]
             extra = (f", (ε, δ) = ({row['dp_training']['epsilon']:.2f}, {row['dp_training']['delta']:g}), noise multiplier "
                      f"{row['dp_training']['noise_multiplier']:.3f}" if "dp_training" in row else "")
-            threads = t.get("threads", 1)
+            threads, m = t.get("threads", 1), row["measured"]
             parts.append(f"- {row['label']}: {t['iteration']} steps ({t['training_wall_seconds'] / 60:.0f} min on {threads} "
-                         f"thread{'s' if threads > 1 else ''}){extra}.")
+                         f"thread{'s' if threads > 1 else ''}){extra}; audited {m['date']} on {m['threads']} "
+                         f"thread{'s' if m['threads'] > 1 else ''}.")
     parts += ["### Privacy", privacy_table(rows),
               "The strongest attack is picked after the fact among 8 uncalibrated (and 8 calibrated) attacks, so its AUC is "
               "optimistic for the attacker. Per slice, 1 % FPR of the non-member slices allows one or two false positives "
@@ -285,7 +287,7 @@ def aims(rows: dict) -> dict:
     if new and old and "images" in new and "images" in old:
         drops = {cell: old_v - _dice(new)[cell] for cell, old_v in _dice(old).items()}
         cell, worst = max(drops.items(), key=lambda kv: kv[1])
-        out["new default: synthetic-only Dice no lower than the old default's"] = (
+        out["ddpm_cmr new default: synthetic-only Dice no lower than the old default's"] = (
             "met (no cell lower)" if worst <= 0 else f"not met ({sum(d > 0 for d in drops.values())} of 6 cells lower; "
             f"largest drop {worst:.3f} Dice, {cell})")
     if dp and new and "images" in dp and "images" in new:
@@ -330,7 +332,8 @@ def main() -> None:
         if not (root / "models" / "checkpoint_final.pt").is_file():  # written when training ends
             print(f"{key}: {root} not trained yet (scripts/train_privacy_benchmark_generators.sh); skipped")
             continue
-        row = {"label": recipe.label, "root": recipe.root, "checkpoint": recipe.checkpoint}
+        row = {"label": recipe.label, "root": recipe.root, "checkpoint": recipe.checkpoint,
+               "measured": {"date": time.strftime("%Y-%m-%d"), "threads": args.threads}}  # audit, images, segmenter
         queue_log = work / f"{recipe.root}.train.log"  # where scripts/train_privacy_benchmark_generators.sh logs
         if recipe.pipeline_stages:
             row["training"] = pipeline_training_facts(root, recipe.pipeline_stages)
