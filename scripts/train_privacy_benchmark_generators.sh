@@ -4,7 +4,8 @@
 #   bash scripts/train_privacy_benchmark_generators.sh runs/bench
 # new default: ddpm_cmr's train.yaml, 33 epochs x 200 = 6,600 steps (the old default ran 6,582);
 # public pre-training: 100 procedural phantom patients, 2,000 steps; DP-SGD fine-tuning from it on the 50 members,
-# 20 passes at (10, 1e-5); DP-SGD from scratch, the same budget and passes; overfit sanity: 5 patients, no augmentation, 1,000 steps.
+# 20 passes at (10, 1e-5); DP-SGD from scratch, the same budget and passes; overfit sanity: 5 patients, no
+# augmentation, 1,000 steps.
 # Rerunning resumes each run from its last checkpoint. Needs <work>/acdc64 (scripts/benchmark_ddpm_cmr.py prepares it).
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd); W=$(realpath "${1:-runs/bench}")
