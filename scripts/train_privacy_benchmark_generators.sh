@@ -29,7 +29,7 @@ PY
 run "$W/ddpm_cmr_public" --config_file "$DDPM" --dataset_dir "$W/phantom64" --max_epochs 10
 run "$W/ddpm_cmr_dp_pretrained" --config_file "$DPP" --dataset_dir "$W/acdc64" --max_epochs 100000 \
   --pretrained "$W/ddpm_cmr_public/models/best_ema.pt"
-run "$W/ddpm_cmr_dp" --config_file "$DP" --dataset_dir "$W/acdc64" --max_epochs 100000
+run "$W/ddpm_cmr_dp_scratch" --config_file "$DP" --dataset_dir "$W/acdc64" --max_epochs 100000
 PYTHONPATH="$REPO/scripts" python -c "from pathlib import Path; from benchmark_privacy_audit import few_patient_datalist; few_patient_datalist(Path('$W/acdc64'), 5)"
 run "$W/ddpm_cmr_overfit5" --config_file "$DDPM" --dataset_dir "$W/acdc64" --datalist "$W/acdc64/datalist_5patients.json" \
   --max_epochs 5 --augment False

@@ -131,7 +131,7 @@ def parser(description: str):
     p.add_argument("--threads", type=int, default=1, help="CPU threads (two benchmarks can share the 2 cores)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--stage", choices=["all", "train", "evaluate", "render"], default="all",
-                   help="render: only rewrite docs/README.md from the committed benchmark.json")
+                   help="render: only rewrite the docs from the committed benchmark.json (nothing is measured)")
     p.add_argument("--work", default=str(REPO / "runs" / "bench"), help="working folder (data, checkpoints)")
     return p
 
