@@ -109,14 +109,12 @@ def dp_training_facts(root: Path, delta: float) -> dict:
 
 
 def pipeline_training_facts(root: Path, stages: tuple[str, ...]) -> dict:
-    """Steps from the final checkpoint, wall time from the pipeline's stage records (its logs hold every attempt)."""
-    from cmrsynth.bundle_run import trainer_progress
-
+    """Steps and wall time from the pipeline's stage records (each holds its trainer's final epoch and iteration; its
+    logs hold every attempt)."""
     records = [json.loads((root.parent / "stages" / f"{s}.json").read_text()) for s in stages]
     seconds = sum(r["seconds"] for r in records)
     # ldm_cmr trains in two stages (autoencoder, latent denoiser): its steps are both stages' together
-    progress = {**trainer_progress(root / "models" / "checkpoint_final.pt"),
-                "iteration": sum(r["result"]["iteration"] for r in records)}
+    progress = {"epoch": records[-1]["result"]["epoch"], "iteration": sum(r["result"]["iteration"] for r in records)}
     # threads: the pipeline sets none, so torch used every core of this 2-core machine
     return {**progress, "training_wall_seconds": seconds, "threads": 2, "trained_by": f"cmr-synth run --preset cpu64 ({', '.join(stages)})",
             "seconds_per_step": seconds / max(progress["iteration"], 1)}
@@ -203,14 +201,16 @@ def privacy_table(rows: dict) -> str:
             cells.append(f"{name}: {interval(m)}, {m['tpr_at_1pct_fpr']['value']:.3f}")
         else:
             cells.append("-")
-        rec = a.get("reconstruction", {}).get("membership")
-        rec = strongest(rec) if rec else None
+        reconstruction = a.get("reconstruction", {}).get("membership")
+        rec = "-"
+        if reconstruction:
+            rec_name, rec_auc = strongest(reconstruction)
+            rec = f"{rec_name}: {interval(rec_auc)}"
         leak = a.get("leakage", {})
         copies = " / ".join(f"{leak[k]['near_copies']} of {leak[k]['synthetic']}" if k in leak else "-" for k in ("pixel", "feature", "masks"))
         gate = row.get("images", {}).get("release_gate")
         gate = f"{gate['removed']} (pixel {gate['pixel_near_copy']}, mask {gate['mask_near_copy']})" if gate else "-"
         eps = f"{row['dp_training']['epsilon']:.2f}" if "dp_training" in row else "-"
-        rec = f"{rec[0]}: {interval(rec[1])}" if rec else "-"
         lines.append(f"| {row['label']} | {eps} | {' | '.join(cells)} | {rec} | {copies} | {gate} |")
     return "\n".join(lines)
 
