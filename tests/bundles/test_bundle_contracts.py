@@ -153,3 +153,39 @@ def test_distillation_overlay_builds_a_student_of_the_teachers_kind(bundle):
     assert parser.get_parsed_content("pretrained") is None and parser.get_parsed_content("teacher") is None
     prepare = parser.get_parsed_content("train#prepare_batch")
     assert type(prepare).__name__ == "CoupledPrepareBatch" and prepare.objective.name == parser.get_parsed_content("generator").objective.name
+
+
+CONSISTENCY_BUNDLES = ["mask_generator", "ddpm_cmr", "ldm_cmr"]  # the DDPM-objective generators
+
+
+def test_consistency_overlays_differ_only_where_the_bundles_do():
+    """consistency.yaml is one recipe: ldm_cmr's copy adds the teacher's codec; the mask generator's trains on its
+    masks (image_key label) with no mask condition."""
+    load = lambda b: ConfigParser.load_config_file(str(REPO / "bundles" / b / "configs" / "consistency.yaml"))  # noqa: E731
+    ddpm, masks, latent = load("ddpm_cmr"), load("mask_generator"), load("ldm_cmr")
+    assert {k: v for k, v in latent.items() if k != "prepare_codec"} == ddpm
+    differ = {k for k in ddpm if ddpm[k] != masks.get(k)}
+    assert differ == {"train#prepare_batch", "validate#prepare_batch"} and set(masks) == set(ddpm)
+    for key in differ:
+        keys = lambda c: {k: v for k, v in c.items() if k not in ("image_key", "mask_key")}  # noqa: E731
+        assert keys(masks[key]) == keys(ddpm[key])
+        assert (masks[key]["image_key"], masks[key]["mask_key"]) == ("label", None) and ddpm[key]["mask_key"] == "label"
+
+
+@pytest.mark.parametrize("bundle", CONSISTENCY_BUNDLES)
+def test_consistency_overlay_builds_a_student_and_target_of_the_teachers_kind(bundle, tmp_path):
+    stage = ("train.yaml", *(["train_diffusion.yaml"] if bundle == "ldm_cmr" else []), "consistency.yaml")
+    parser = _parser(bundle, *stage)
+    parser["device"] = "$torch.device('cpu')"
+    assert parser.get_parsed_content("teacher") is None and parser.get("pretrained") == "@teacher"
+    generator = parser.get_parsed_content("generator")
+    codec = {"codec": generator.codec.state_dict()} if isinstance(generator.codec, torch.nn.Module) else {}
+    torch.save({"ema": generator.network.state_dict(), "card": generator.card.state_dict(), **codec}, tmp_path / "teacher.pt")
+    parser["teacher"] = str(tmp_path / "teacher.pt")
+    prepare, validate = parser.get_parsed_content("train#prepare_batch"), parser.get_parsed_content("validate#prepare_batch")
+    assert type(prepare).__name__ == "ConsistencyPrepareBatch" and type(validate).__name__ == "TeacherSolutionPrepareBatch"
+    assert prepare.steps == validate.steps == 50 and prepare.times[0] == 999 and 499 in prepare.times  # 1- and 2-step times
+    assert prepare.teacher.objective.describe() == generator.objective.describe() and validate.seed == 1234
+    assert prepare.target.n_averaged.item() == 1 and not any(p.requires_grad for p in prepare.target.parameters())
+    assert type(parser.get_parsed_content("loss")).__name__ == "PseudoHuberLoss"
+    assert parser.get_parsed_content("checkpoint")["target"] is prepare.target

@@ -336,3 +336,54 @@ def test_fm_cmr_reflow_student_and_a_missing_teacher(prepared, tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode == 2 and "none.pt: teacher generator not found" in proc.stdout + proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr and not (tmp_path / "orphan" / "pairs").exists()
+
+
+CONSISTENCY = ["common.yaml", "train.yaml", "consistency.yaml"]
+
+
+def test_consistency_students_resume_with_their_target_and_sample_in_one_step(prepared, tmp_path):
+    """consistency.yaml on a mask and an image teacher: 2 iterations, 2 more resumed (the target network continues
+    from the checkpoint), then the bundle's own inference.yaml at one DDIM step (two on the trailing grid)."""
+    students = {}
+    for bundle in (MASKS, IMAGES):
+        teacher, student = tmp_path / bundle.name, tmp_path / f"{bundle.name}_student"
+        run_bundle(bundle, TRAIN, teacher, _tiny(dataset_dir=str(prepared), max_epochs=1))
+        cd = _tiny(dataset_dir=str(prepared), teacher=str(teacher / "models" / "best_ema.pt"), cd_steps=4, epoch_length=2,
+                   max_epochs=1)
+        run_bundle(bundle, CONSISTENCY, student, cd)
+        first = torch.load(student / "models" / "checkpoint_final.pt", weights_only=True)
+        assert trainer_progress(student / "models" / "checkpoint_final.pt") == {"epoch": 1, "iteration": 2}
+        assert (student / "models" / "best_ema.pt").is_file()  # validated against the teacher's solutions
+        assert int(first["target"]["n_averaged"]) == 3  # the teacher's weights, then one update per step
+        run_bundle(bundle, CONSISTENCY, student, {**cd, "max_epochs": 2})
+        second = torch.load(student / "models" / "checkpoint_final.pt", weights_only=True)
+        assert trainer_progress(student / "models" / "checkpoint_final.pt") == {"epoch": 2, "iteration": 4}
+        assert int(second["target"]["n_averaged"]) == 5  # resumed from the checkpoint, not restarted from the teacher
+        students[bundle.name] = student
+    run_bundle(MASKS, INFER, students["mask_generator"], _tiny(per_class=1, num_inference_steps=1, keep_implausible=True))
+    assert json.loads((students["mask_generator"] / "eval" / "masks" / "datalist.json").read_text())["summary"]["nfe"] == 1
+    run_bundle(IMAGES, INFER, students["ddpm_cmr"], _tiny(mask_datalist=str(prepared / "datalist.json"), mask_key="test",
+                                                          max_images=2, num_inference_steps=2, timestep_spacing="trailing"))
+    assert json.loads((students["ddpm_cmr"] / "eval" / "images" / "datalist.json").read_text())["summary"]["nfe"] == 2
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--bundle_root", str(students["ddpm_cmr"]), "--config_file",
+           json.dumps([str(IMAGES / "configs" / c) for c in CONSISTENCY]),
+           *override_args(_tiny(dataset_dir=str(prepared), teacher=str(tmp_path / "none.pt"), max_epochs=3))]
+    proc = subprocess.run(cmd, capture_output=True, text=True)  # a resumed run needs its teacher too
+    assert proc.returncode == 2 and "none.pt: teacher generator not found" in proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_ldm_cmr_consistency_student_keeps_the_teachers_codec(prepared, tmp_path):
+    ldm, student = tmp_path / "ldm", tmp_path / "ldm_student"
+    tiny = _tiny(autoencoder_channels=[8, 16], dataset_dir=str(prepared))
+    stage2 = ["common.yaml", "train.yaml", "train_diffusion.yaml"]
+    run_bundle(LATENT, ["common.yaml", "train_autoencoder.yaml"], ldm, {**tiny, "max_epochs": 1, "adversarial_warmup": 2})
+    run_bundle(LATENT, stage2, ldm, {**tiny, "max_epochs": 1})
+    run_bundle(LATENT, [*stage2, "consistency.yaml"], student, {**tiny, "teacher": str(ldm / "models" / "best_ema.pt"),
+                                                                "cd_steps": 4, "epoch_length": 2, "max_epochs": 1})
+    taught = torch.load(student / "models" / "best_ema.pt", weights_only=True)["codec"]
+    teacher = torch.load(ldm / "models" / "best_ema.pt", weights_only=True)["codec"]
+    assert torch.equal(taught["scale_factor"], teacher["scale_factor"])
+    run_bundle(LATENT, INFER, student, {**tiny, "mask_datalist": str(prepared / "datalist.json"), "mask_key": "test",
+                                        "max_images": 2, "num_inference_steps": 1})
+    assert json.loads((student / "eval" / "images" / "datalist.json").read_text())["summary"]["nfe"] == 1

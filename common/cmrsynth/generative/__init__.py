@@ -23,6 +23,9 @@ from cmrsynth.generative.autoencoder import (DiscriminatorAdversarialLoss, Gener
                                              RecordTotalLoss)
 from cmrsynth.generative.codecs import AutoencoderCodec, IdentityCodec, KLAutoencoder, SignedDistanceCodec
 from cmrsynth.generative.conditioning import ClassIndex, ConditionalDenoiser, MaskMode, guided
+from cmrsynth.generative.consistency import (ConsistencyInferer, ConsistencyPrepareBatch, PseudoHuberLoss,
+                                             TeacherSolutionPrepareBatch, consistency_function, load_teacher, pseudo_huber,
+                                             target_network)
 from cmrsynth.generative.distill import CoupledPrepareBatch, TeacherPairs, teacher_pairs
 from cmrsynth.generative.generator import BoundModel, Generator, GeneratorCard
 from cmrsynth.generative.objectives import (Coupling, DiffusionObjective, FlowMatchingObjective, Objective,
@@ -30,12 +33,14 @@ from cmrsynth.generative.objectives import (Coupling, DiffusionObjective, FlowMa
 from cmrsynth.generative.samplers import SAMPLERS, get_sampler
 from cmrsynth.generative.training import ObjectivePrepareBatch, plain_tensor
 
-__all__ = ["AutoencoderCodec", "BoundModel", "ClassIndex", "ConditionalDenoiser", "CoupledPrepareBatch", "Coupling",
-           "DiffusionObjective",
-           "DiscriminatorAdversarialLoss", "FlowMatchingObjective", "Generator", "GeneratorAdversarialLoss", "GeneratorCard",
-           "IdentityCodec", "KLAutoencoder", "MaskMode", "Objective", "ObjectivePrepareBatch", "PredictionType",
-           "ReconstructionKLLoss", "RecordTotalLoss", "SAMPLERS", "SignedDistanceCodec", "TeacherPairs", "get_sampler", "guided", "load_generator", "plain_tensor",
-           "teacher_pairs"]
+__all__ = ["AutoencoderCodec", "BoundModel", "ClassIndex", "ConditionalDenoiser", "ConsistencyInferer",
+           "ConsistencyPrepareBatch", "CoupledPrepareBatch", "Coupling", "DiffusionObjective",
+           "DiscriminatorAdversarialLoss", "FlowMatchingObjective", "Generator", "GeneratorAdversarialLoss",
+           "GeneratorCard", "IdentityCodec", "KLAutoencoder", "MaskMode", "Objective", "ObjectivePrepareBatch",
+           "PredictionType", "PseudoHuberLoss", "ReconstructionKLLoss", "RecordTotalLoss", "SAMPLERS",
+           "SignedDistanceCodec", "TeacherPairs", "TeacherSolutionPrepareBatch", "consistency_function",
+           "get_sampler", "guided", "load_generator", "load_teacher", "plain_tensor", "pseudo_huber",
+           "target_network", "teacher_pairs"]
 
 
 def load_generator(bundle: str | Path, run_root: str | Path, device="cpu", overrides: dict | None = None,

@@ -20,10 +20,10 @@ it is the same rectification on the teacher's variance-preserving path, as Insta
 (Liu et al., ICLR 2024). The student keeps the teacher's objective, codec, conditioning and card, so it loads in
 the bundle's own inference config; guidance the teacher sampled with is folded into its couplings.
 
-Chosen over consistency distillation and progressive distillation for the CPU budget: the teacher runs once
-per coupling, before training (consistency distillation evaluates the teacher at every training step, progressive
-distillation needs log2(50) rounds of training), and no perceptual metric network is needed (none can be
-downloaded here).
+The pipeline's students, for the CPU budget: the teacher runs once per coupling, before training (consistency
+distillation, ``generative.consistency``, evaluates the teacher at every training step; progressive distillation
+needs log2(50) rounds of training), and no perceptual metric network is needed (none can be downloaded here). The
+two have not yet been compared by measurement.
 """
 
 from __future__ import annotations
