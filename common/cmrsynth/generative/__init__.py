@@ -24,9 +24,8 @@ from cmrsynth.generative.autoencoder import (DiscriminatorAdversarialLoss, Gener
 from cmrsynth.generative.codecs import AutoencoderCodec, IdentityCodec, KLAutoencoder, SignedDistanceCodec
 from cmrsynth.generative.conditioning import ClassIndex, ConditionalDenoiser, MaskMode, guided
 from cmrsynth.generative.consistency import (ConsistencyInferer, ConsistencyPrepareBatch, PseudoHuberLoss,
-                                             TeacherSolutionPrepareBatch, consistency_function, load_teacher, pseudo_huber,
-                                             target_network)
-from cmrsynth.generative.distill import CoupledPrepareBatch, TeacherPairs, teacher_pairs
+                                             TeacherSolutionPrepareBatch, consistency_function, pseudo_huber, target_network)
+from cmrsynth.generative.distill import CoupledPrepareBatch, TeacherPairs, load_teacher, teacher_pairs
 from cmrsynth.generative.generator import BoundModel, Generator, GeneratorCard
 from cmrsynth.generative.objectives import (Coupling, DiffusionObjective, FlowMatchingObjective, Objective,
                                             PredictionType)

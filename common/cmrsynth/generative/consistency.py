@@ -40,10 +40,8 @@ evaluates the teacher and the target once more.
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Mapping
-from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -120,14 +118,6 @@ class ConsistencyInferer(Inferer):
         """f(inputs, times) (B, C, H, W)."""
         output = network(inputs, *args, timesteps=self.objective.network_time(times), **kwargs)
         return consistency_function(self.objective, output, inputs, times)
-
-
-def load_teacher(generator: Generator, path: str | Path) -> Generator:
-    """A frozen copy of ``generator`` holding the weights of ``path`` (a ``best_ema.pt`` or training checkpoint; its
-    card is checked); the generator itself is left untouched."""
-    teacher = copy.deepcopy(generator).load_checkpoint(path).eval()
-    teacher.network.requires_grad_(False)
-    return teacher
 
 
 def target_network(teacher: Generator, decay: float = 0.95) -> torch.optim.swa_utils.AveragedModel:
@@ -208,19 +198,11 @@ class ConsistencyPrepareBatch(ObjectivePrepareBatch):
         output = self.target(x_hat, self.objective.network_time(s), **conditions)
         return consistency_function(self.objective, output, x_hat, s)
 
-    def _conditions(self, batchdata: Mapping, device, non_blocking: bool) -> dict:
-        conditions = {}
-        if self.mask_key is not None:
-            conditions["mask"] = plain_tensor(batchdata[self.mask_key], device, non_blocking)
-        if self.class_key is not None:
-            conditions["class_labels"] = torch.as_tensor(batchdata[self.class_key]).to(device=device).long().view(-1)
-        return conditions
-
     def __call__(self, batchdata: Mapping, device=None, non_blocking: bool = False, **kwargs):
         """Return (x_{t_{n+1}}, target, (), {"times", "mask", "class_labels"}) for ``ConsistencyInferer``."""
         with torch.no_grad():
             x0 = self.codec.encode(plain_tensor(batchdata[self.image_key], device, non_blocking))
-        conditions = self._conditions(batchdata, x0.device, non_blocking)
+        conditions = self.conditions(batchdata, x0.device, non_blocking)
         noise, n = self.get_noise(x0), self.get_intervals(x0)
         t = self.times.to(x0.device)[n]
         x_t = self.objective.add_noise(x0, self.couple(noise, x0), t)

@@ -67,6 +67,14 @@ def _check_settings(path: Path, recorded: dict, settings: dict) -> None:
         raise CMRDataError(path, f"couplings were drawn with other settings ({listed}); use the same settings or delete the file")
 
 
+def load_teacher(generator: Generator, path: str | Path) -> Generator:
+    """A frozen copy of ``generator`` holding the weights of ``path`` (a ``best_ema.pt`` or training checkpoint; its
+    card is checked); the generator itself is left untouched."""
+    teacher = copy.deepcopy(generator).load_checkpoint(path).eval()
+    teacher.network.requires_grad_(False)
+    return teacher
+
+
 @torch.no_grad()
 def teacher_pairs(generator: Generator, teacher: str | Path, path: str | Path, source=None, num_pairs: int = 2048,
                   mask_key: str | None = None, class_key: str | None = None, sampler: str | None = None,
@@ -98,7 +106,7 @@ def teacher_pairs(generator: Generator, teacher: str | Path, path: str | Path, s
         raise ValueError(f"reflow needs a deterministic teacher sampler, got {sampler!r}; allowed: {list(DETERMINISTIC_SAMPLERS)}")
     if source is None or len(source) == 0 or (validation_pairs and not validation_source):
         raise CMRDataError(path, "no training (or validation) items to draw the teacher's conditions from")
-    model = copy.deepcopy(generator).load_checkpoint(teacher).eval()
+    model = load_teacher(generator, teacher)
     masks, classes = _conditions(source, num_pairs, mask_key, class_key, seed)
     if validation_pairs:
         more = _conditions(validation_source, validation_pairs, mask_key, class_key, seed)

@@ -105,14 +105,20 @@ class ObjectivePrepareBatch(PrepareBatch):
             x0 = self.codec.encode(plain_tensor(batchdata[self.image_key], device, non_blocking))
         noise, t = self.get_noise(x0), self.get_timesteps(x0)
         x_t, target = self.objective.training_pair(x0, self.couple(noise, x0), t, self.generator)
-        conditions: dict[str, torch.Tensor] = {"timesteps": self.objective.network_time(t)}
         keep = self._keep(x0.shape[0], x0.device) if self.condition_dropout > 0 else None
+        conditions = self.conditions(batchdata, x0.device, non_blocking, keep)
+        return x_t, target, (), {"timesteps": self.objective.network_time(t), **conditions}
+
+    def conditions(self, batchdata: Mapping, device, non_blocking: bool = False, keep: torch.Tensor | None = None) -> dict:
+        """The batch's ``mask`` and ``class_labels`` (where the generator takes them); where ``keep`` (B,) is False
+        the condition is dropped (zero mask, null class) for classifier-free guidance."""
+        conditions: dict[str, torch.Tensor] = {}
         if self.mask_key is not None:
             mask = plain_tensor(batchdata[self.mask_key], device, non_blocking)
             conditions["mask"] = mask if keep is None else mask * keep.view(-1, 1, 1, 1)
         if self.class_key is not None:
-            labels = torch.as_tensor(batchdata[self.class_key]).to(device=x0.device).long().view(-1)
+            labels = torch.as_tensor(batchdata[self.class_key]).to(device=device).long().view(-1)
             if keep is not None:
                 labels = torch.where(keep, labels, torch.full_like(labels, self.null_class))
             conditions["class_labels"] = labels
-        return x_t, target, (), conditions
+        return conditions
