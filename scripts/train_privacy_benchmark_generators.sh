@@ -5,7 +5,9 @@
 # new default: ddpm_cmr's train.yaml, 33 epochs x 200 = 6,600 steps (the old default ran 6,582);
 # public pre-training: 100 procedural phantom patients, 2,000 steps; DP-SGD fine-tuning from it on the 50 members,
 # 20 passes at (10, 1e-5); DP-SGD from scratch, the same budget and passes; overfit sanity: 5 patients, no
-# augmentation, 1,000 steps.
+# augmentation, 1,000 steps; public start without DP (the private default): the shipped phantom weights of ddpm_cmr
+# and fm_cmr (zoo/phantom), then the augmented recipe for 6 x 200 = 1,200 steps on the 50 members; the old recipe
+# (no augmentation, 15 x 200 steps, final weights) retrained as the utility reference on the same mask set.
 # Rerunning resumes each run from its last checkpoint. Needs <work>/acdc64 (scripts/benchmark_ddpm_cmr.py prepares it).
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd); W=$(realpath "${1:-runs/bench}")
@@ -33,3 +35,10 @@ run "$W/ddpm_cmr_dp_scratch" --config_file "$DP" --dataset_dir "$W/acdc64" --max
 PYTHONPATH="$REPO/scripts" python -c "from pathlib import Path; from benchmark_privacy_audit import few_patient_datalist; few_patient_datalist(Path('$W/acdc64'), 5)"
 run "$W/ddpm_cmr_overfit5" --config_file "$DDPM" --dataset_dir "$W/acdc64" --datalist "$W/acdc64/datalist_5patients.json" \
   --max_epochs 5 --augment False
+FM="['bundles/fm_cmr/configs/common.yaml','bundles/fm_cmr/configs/train.yaml']"
+for b in ddpm_cmr fm_cmr; do
+  [ -f "$W/zoo_$b/models/best_ema.pt" ] || cmr-synth zoo install "zoo/phantom/$b.zip" "$W/zoo_$b"
+done
+run "$W/ddpm_cmr_pre6" --config_file "$DDPM" --dataset_dir "$W/acdc64" --max_epochs 6 --pretrained "$W/zoo_ddpm_cmr/models/best_ema.pt"
+run "$W/fm_cmr_pre6" --config_file "$FM" --dataset_dir "$W/acdc64" --max_epochs 6 --pretrained "$W/zoo_fm_cmr/models/best_ema.pt"
+run "$W/ddpm_cmr_old" --config_file "$DDPM" --dataset_dir "$W/acdc64" --max_epochs 15 --augment False
