@@ -189,3 +189,18 @@ def test_consistency_overlay_builds_a_student_and_target_of_the_teachers_kind(bu
     assert prepare.target.n_averaged.item() == 1 and not any(p.requires_grad for p in prepare.target.parameters())
     assert type(parser.get_parsed_content("loss")).__name__ == "PseudoHuberLoss"
     assert parser.get_parsed_content("checkpoint")["target"] is prepare.target
+
+
+def test_public_start_needs_the_public_weights(tmp_path):
+    """ddpm_cmr's public_start.yaml (private by default: public weights, then 6 x 200 private steps): a fresh run
+    without --pretrained is refused by its input check, naming the overlay; a resumed run needs them no more."""
+    parser = _parser("ddpm_cmr", "train.yaml", "public_start.yaml")
+    parser["ckpt_dir"] = str(tmp_path / "models")
+    assert parser.get_parsed_content("max_epochs") == 6 and parser["pretrained"] is None
+    [missing] = parser.get_parsed_content("check_inputs#files")
+    assert missing["path"] == "None" and "public_start.yaml" in missing["problem"]
+    parser["pretrained"] = str(tmp_path / "public" / "best_ema.pt")
+    assert parser.get_parsed_content("check_inputs#files", lazy=False)[0]["path"] == parser["pretrained"]
+    (tmp_path / "models").mkdir()
+    torch.save({}, tmp_path / "models" / "checkpoint_epoch=1.pt")
+    assert parser.get_parsed_content("check_inputs#files", lazy=False) == []

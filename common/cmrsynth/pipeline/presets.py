@@ -12,8 +12,9 @@
 
 A preset fixes step counts, not minutes, so a busy machine changes the wall time, not the result. ``demo`` fine-tunes
 the phantom-trained weights shipped in ``zoo/phantom`` (public by construction, hash-verified when installed) for a
-few hundred steps; ``cpu64`` trains every network from scratch at the bundles' benchmark budgets; ``paper128`` is the
-reference resolution for a GPU.
+few hundred steps; ``cpu64`` trains every network at the bundles' benchmark budgets, from scratch except ddpm_cmr,
+whose private-by-default recipe starts from its phantom weights in every preset (``public_start``); ``paper128`` is
+the reference resolution for a GPU.
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ class TrainStep:
     """One training command of a generator bundle: its config files after common.yaml and its step budget."""
 
     configs: tuple[str, ...]
-    budget: str  # the preset's epochs entry that sets its length ("mask", "image", "autoencoder", "latent")
+    budget: str  # the preset's epochs entry that sets its length ("mask", "image", "public_image", "autoencoder", "latent")
     from_zoo: str | None = "models/best_ema.pt"  # the shipped file it fine-tunes from (None: installed, not trained)
+    public_start: bool = False  # start from the shipped phantom weights in every preset, not only with ``from_zoo``
 
 
 #: how a 2-step reflow student samples: DDPM bundles on the trailing grid (t = 999, 499), flow matching with Euler
@@ -53,8 +55,10 @@ class GeneratorSpec:
 
 
 IMAGE_TRAIN = (TrainStep(("train.yaml",), "image"),)
+# private by default (privacy_audit benchmark): public phantom pre-training, then few private passes (public_start.yaml)
+PUBLIC_IMAGE_TRAIN = (TrainStep(("train.yaml", "public_start.yaml"), "public_image", public_start=True),)
 GENERATORS: dict[str, GeneratorSpec] = {
-    "ddpm_cmr": GeneratorSpec("ddpm_cmr", IMAGE_TRAIN, "DDPM"),
+    "ddpm_cmr": GeneratorSpec("ddpm_cmr", PUBLIC_IMAGE_TRAIN, "DDPM"),
     "fm_cmr": GeneratorSpec("fm_cmr", IMAGE_TRAIN, "flow matching", dict(FLOW_STUDENT)),
     "ldm_cmr": GeneratorSpec("ldm_cmr", (TrainStep(("train_autoencoder.yaml",), "autoencoder", from_zoo=None),
                                          TrainStep(("train.yaml", "train_diffusion.yaml"), "latent")), "latent diffusion"),
@@ -95,18 +99,21 @@ class Preset:
 
 
 PRESETS: dict[str, Preset] = {
-    "demo": Preset("demo", 64, {"mask": 2, "image": 2, "autoencoder": 0, "latent": 2}, epoch_length=50, from_zoo=True,
-                   per_class=2, segmenter_steps=100, few_real=(), audit_slices_per_patient=4,
+    "demo": Preset("demo", 64, {"mask": 2, "image": 2, "public_image": 2, "autoencoder": 0, "latent": 2}, epoch_length=50,
+                   from_zoo=True, per_class=2, segmenter_steps=100, few_real=(), audit_slices_per_patient=4,
                    segmenter_overrides={"batch_size": 16}, sampling="teacher", mixed=False),
     # the plumbing in a few minutes (tests): numbers from it mean nothing
-    "smoke": Preset("smoke", 32, {"mask": 1, "image": 1, "autoencoder": 1, "latent": 1}, epoch_length=4, per_class=1,
-                    segmenter_steps=50, few_real=(), audit_slices_per_patient=2, phantom_per_group=1,
+    "smoke": Preset("smoke", 32, {"mask": 1, "image": 1, "public_image": 1, "autoencoder": 1, "latent": 1}, epoch_length=4,
+                    per_class=1, segmenter_steps=50, few_real=(), audit_slices_per_patient=2, phantom_per_group=1,
                     keep_implausible=True, distill=Distillation(num_pairs=16, validation_pairs=4, pair_steps=2, epochs=1)),
     # segmenters at batch 16: eleven of them (real, 3 synthetic, 3 mixed, few-real, 3 few-real + synthetic) are the
     # preset's largest cost on a CPU, about 0.5 s a step at batch 32 on 2 cores
-    "cpu64": Preset("cpu64", 64, {"mask": 20, "image": 15, "autoencoder": 10, "latent": 10},
+    # public_image: ddpm_cmr from the phantom weights, 6 x 200 private steps (the audited private default)
+    "cpu64": Preset("cpu64", 64, {"mask": 20, "image": 15, "public_image": 6, "autoencoder": 10, "latent": 10},
                     segmenter_overrides={"batch_size": 16}),
-    "paper128": Preset("paper128", 128, {"mask": 40, "image": 40, "autoencoder": 20, "latent": 20}, segmenter_steps=4000,
+    # public_image at 128x128 starts from the 64x64 phantom weights (the UNet is size-agnostic): not audited there
+    "paper128": Preset("paper128", 128, {"mask": 40, "image": 40, "public_image": 12, "autoencoder": 20, "latent": 20},
+                       segmenter_steps=4000,
                        few_real=(5, 10), device_note="GPU (the 128x128 reference preset)"),
 }
 

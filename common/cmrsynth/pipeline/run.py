@@ -167,16 +167,18 @@ class Pipeline:
                                "training, 1 validation and 1 test patient")
 
     def train(self, spec: GeneratorSpec) -> list[str]:
-        """Each training command of a generator bundle (fine-tuned from the shipped phantom weights with ``from_zoo``)."""
+        """Each training command of a generator bundle (fine-tuned from the shipped phantom weights with the preset's
+        ``from_zoo``, or always where the step's recipe starts there: ``public_start``)."""
         root, stages, after = self.out / spec.bundle, [], ["prepare"]
-        zoo = self.install_zoo(spec.bundle) if self.preset.from_zoo else None
-        for step in spec.train:
+        starts = [step.from_zoo if step.from_zoo and (self.preset.from_zoo or step.public_start) else None for step in spec.train]
+        zoo = self.install_zoo(spec.bundle) if self.preset.from_zoo or any(starts) else None
+        for step, start in zip(spec.train, starts):
             name = f"{spec.bundle}.train" + (f".{step.budget}" if len(spec.train) > 1 else "")
             epochs = self.preset.epochs[step.budget]
             overrides = {"dataset_dir": str(self.prepared), **self.common(), "max_epochs": epochs,
                          "epoch_length": self.preset.epoch_length, "progress_bar": False}
-            if zoo is not None and step.from_zoo:
-                overrides["pretrained"] = str(zoo / step.from_zoo)
+            if start:
+                overrides["pretrained"] = str(zoo / start)
             settings = self.settings(spec.bundle, ["common.yaml", *step.configs], overrides, configs=step.configs, zoo=_zoo_hash(zoo))
 
             def job(step=step, overrides=overrides, epochs=epochs) -> dict:
