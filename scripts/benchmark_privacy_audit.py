@@ -66,7 +66,6 @@ RECIPES = {
     # public pre-training without DP: the shipped phantom weights, then few passes over the private patients
     "public_6": Recipe("ddpm_cmr, default since 0.7.0: phantom weights + 1,200 private steps (augmentation, validation-best EMA)",
                        "ddpm_cmr_pre6"),
-    "public_12": Recipe("ddpm_cmr, phantom weights + 2,400 private steps (augmentation, validation-best EMA)", "ddpm_cmr_pre12"),
     "fm_public_6": Recipe("fm_cmr, phantom weights + 1,200 private steps (augmentation, validation-best EMA)", "fm_cmr_pre6",
                           bundle="fm_cmr"),
     "fm_public_3": Recipe("fm_cmr, phantom weights + 600 private steps (augmentation, validation-best EMA)", "fm_cmr_pre3",

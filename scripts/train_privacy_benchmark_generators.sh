@@ -6,8 +6,9 @@
 # public pre-training: 100 procedural phantom patients, 2,000 steps; DP-SGD fine-tuning from it on the 50 members,
 # 20 passes at (10, 1e-5); DP-SGD from scratch, the same budget and passes; overfit sanity: 5 patients, no
 # augmentation, 1,000 steps; public start without DP (the private default): the shipped phantom weights of ddpm_cmr
-# and fm_cmr (zoo/phantom), then the augmented recipe for 6 x 200 = 1,200 steps on the 50 members (fm_cmr also 3 x 200); the old recipe
-# (no augmentation, 15 x 200 steps, final weights) retrained as the utility reference on the same mask set.
+# and fm_cmr (zoo/phantom), then the augmented recipe for 6 x 200 = 1,200 steps on the 50 members (fm_cmr also
+# 3 x 200); the old recipe (no augmentation, 15 x 200 steps, final weights) retrained as the utility reference on the
+# same mask set.
 # Rerunning resumes each run from its last checkpoint. Needs <work>/acdc64 (scripts/benchmark_ddpm_cmr.py prepares it).
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd); W=$(realpath "${1:-runs/bench}")

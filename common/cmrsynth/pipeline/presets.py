@@ -31,7 +31,12 @@ class TrainStep:
     configs: tuple[str, ...]
     budget: str  # the preset's epochs entry that sets its length ("mask", "image", "public_image", "autoencoder", "latent")
     from_zoo: str | None = "models/best_ema.pt"  # the shipped file it fine-tunes from (None: installed, not trained)
-    public_start: bool = False  # start from the shipped phantom weights in every preset, not only with ``from_zoo``
+
+    @property
+    def public_start(self) -> bool:
+        """Whether the step's recipe is public_start.yaml: it starts from the shipped phantom weights in every preset,
+        not only with the preset's ``from_zoo``."""
+        return "public_start.yaml" in self.configs
 
 
 #: how a 2-step reflow student samples: DDPM bundles on the trailing grid (t = 999, 499), flow matching with Euler
@@ -56,7 +61,7 @@ class GeneratorSpec:
 
 IMAGE_TRAIN = (TrainStep(("train.yaml",), "image"),)
 # private by default (privacy_audit benchmark): public phantom pre-training, then few private passes (public_start.yaml)
-PUBLIC_IMAGE_TRAIN = (TrainStep(("train.yaml", "public_start.yaml"), "public_image", public_start=True),)
+PUBLIC_IMAGE_TRAIN = (TrainStep(("train.yaml", "public_start.yaml"), "public_image"),)
 GENERATORS: dict[str, GeneratorSpec] = {
     "ddpm_cmr": GeneratorSpec("ddpm_cmr", PUBLIC_IMAGE_TRAIN, "DDPM"),
     "fm_cmr": GeneratorSpec("fm_cmr", IMAGE_TRAIN, "flow matching", dict(FLOW_STUDENT)),
