@@ -24,7 +24,8 @@ from cmrsynth.errors import CMRDataError
 from cmrsynth.pipeline.release import export_release
 
 CARD = {"generator": "ddpm_cmr", "bundle_version": "0.5.0", "image_size": 8, "weights_sha256": "ab" * 32, "sampler": "ddim",
-        "source_training_patients": 3, "source_groups": {"NOR": 2, "DCM": 1}, "epsilon": None,
+        "source_training_patients": 3, "source_groups": {"NOR": 2, "DCM": 1},
+        "training": "from scratch, 100 steps on the private cohort", "epsilon": None,
         "audit": {"strongest": "loss_t500", "strongest_auc": 0.55, "reconstruction_auc": 0.5},
         "usable_note": "yes", "intended_use": "research", "gate": {"candidates": 3, "removed": 1, "kept": 2}}
 
@@ -59,6 +60,7 @@ def test_release_writes_both_formats_and_a_card_without_identifiers(tmp_path):
             assert b"patient001" not in text and b"/data/" not in text, f
     card = (out / "data_card.md").read_text()
     assert "3 patients by group" in card and '"NOR": 2' in card and "1 of 3 slices removed" in card
+    assert "Training: from scratch, 100 steps on the private cohort" in card
     assert set(data["training"][0]) == {"image", "label", "synthetic_id", "group", "phase"}
 
 

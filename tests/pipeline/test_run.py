@@ -96,3 +96,21 @@ def test_ddpm_cmr_starts_from_the_phantom_weights_in_every_preset_and_trains_few
     assert "pretrained" not in trained["fm_cmr.train"] and trained["fm_cmr.train"]["max_epochs"] == 15
     demo = _training_overrides(tmp_path / "demo", "demo")
     assert all("pretrained" in o for o in demo.values())
+
+
+def test_the_data_card_says_where_each_training_step_started_and_its_private_steps(tmp_path):
+    import torch
+
+    from cmrsynth.pipeline.presets import GENERATORS
+
+    pipeline = Pipeline(Request(out=tmp_path, preset="demo", sampling="teacher"))
+    for name in ("ddpm_cmr", "fm_cmr", "ldm_cmr"):  # what each training stage leaves (the trainer's state)
+        (tmp_path / name / "models").mkdir(parents=True)
+        torch.save({"trainer": {"iteration": 100, "epoch_length": 50}}, tmp_path / name / "models" / "checkpoint_final.pt")
+    shipped = "the shipped phantom weights (public, procedural), then 100 steps on the private cohort"
+    assert pipeline.training_words(GENERATORS["ddpm_cmr"]) == shipped
+    assert pipeline.training_words(GENERATORS["ldm_cmr"]) == (
+        f"autoencoder: the shipped phantom weights as they are (no private data); latent: {shipped}")
+    cpu64 = Pipeline(Request(out=tmp_path, preset="cpu64", sampling="teacher"))
+    assert cpu64.training_words(GENERATORS["fm_cmr"]) == "from scratch, 100 steps on the private cohort"
+    assert cpu64.training_words(GENERATORS["ddpm_cmr"]) == shipped

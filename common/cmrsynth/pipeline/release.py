@@ -53,7 +53,7 @@ def export_release(released_datalist: Path, out: Path, card: dict, dataset_id: i
     Args:
         released_datalist: the release gate's filtered datalist (paths relative to its folder).
         out: the release folder (replaced when it is one cmr-synth wrote).
-        card: the data card's facts (source cohort by group, generator, weights hash, audit, epsilon, intended use).
+        card: the data card's facts (source cohort by group, generator, weights hash, training, audit, epsilon, intended use).
         dataset_id: nnU-Net dataset number.
 
     Returns:
@@ -94,6 +94,7 @@ def data_card_markdown(card: dict) -> str:
              f"`{card['weights_sha256']}`, sampler {card.get('sampler', '?')}",
              f"- Source cohort it learned from: {card['source_training_patients']} patients by group "
              f"{json.dumps(card['source_groups'], sort_keys=True)} (counts only; no identifier is in this release)",
+             f"- Training: {card.get('training', '?')}",
              f"- Differential privacy: {card.get('epsilon') or 'not used (no formal guarantee)'}",
              f"- Release gate: {card['gate']['removed']} of {card['gate']['candidates']} slices removed (near copies of "
              "training images or masks, or drawn from a training patient's own mask)",

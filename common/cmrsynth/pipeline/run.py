@@ -170,7 +170,7 @@ class Pipeline:
         """Each training command of a generator bundle (fine-tuned from the shipped phantom weights with the preset's
         ``from_zoo``, or always where the step's recipe starts there: ``public_start``)."""
         root, stages, after = self.out / spec.bundle, [], ["prepare"]
-        starts = [step.from_zoo if step.from_zoo and (self.preset.from_zoo or step.public_start) else None for step in spec.train]
+        starts = self.starts(spec)
         zoo = self.install_zoo(spec.bundle) if self.preset.from_zoo or any(starts) else None
         for step, start in zip(spec.train, starts):
             name = f"{spec.bundle}.train" + (f".{step.budget}" if len(spec.train) > 1 else "")
@@ -195,6 +195,21 @@ class Pipeline:
         if self.fast:
             stages.append(self.distill(spec, after))
         return stages
+
+    def starts(self, spec: GeneratorSpec) -> list[str | None]:
+        """The shipped file each training step starts from (None: from scratch)."""
+        return [step.from_zoo if step.from_zoo and (self.preset.from_zoo or step.public_start) else None for step in spec.train]
+
+    def training_words(self, spec: GeneratorSpec) -> str:
+        """How a generator was trained, for its data card: where each step started and its steps on the private cohort."""
+        parts = []
+        for step, start in zip(spec.train, self.starts(spec)):
+            steps = _progress(self.out / spec.bundle, step).get("iteration")
+            words = ("the shipped phantom weights as they are (no private data)" if not self.preset.epochs[step.budget]
+                     else ("the shipped phantom weights (public, procedural), then " if start else "from scratch, ")
+                     + f"{steps:,} steps on the private cohort")
+            parts.append(words if len(spec.train) == 1 else f"{step.budget}: {words}")
+        return "; ".join(parts)
 
     def distill(self, spec: GeneratorSpec, after: list[str]) -> str:
         """A 2-step reflow student of a trained generator (its bundle's configs/distill.yaml)."""
@@ -403,7 +418,7 @@ class Pipeline:
         audit, fid = facts["privacy"][name], facts["fidelity"][name]
         return {"generator": name, "bundle_version": meta["version"], "image_size": self.preset.size, "weights_sha256": sha256(weights),
                 "sampler": _sampler_words(facts["sampling"][name], self.fast), "source_training_patients": sum(groups.values()),
-                "source_groups": groups, "epsilon": None, "audit": audit,
+                "source_groups": groups, "training": self.training_words(GENERATORS[name]), "epsilon": None, "audit": audit,
                 "usable_note": usability(fid)["note"],
                 "intended_use": "research on segmentation and synthetic-data methods; not for clinical use or diagnosis"}
 
