@@ -241,29 +241,120 @@ def coupling_errors(ctx: dict, held_out: int = 128) -> dict:
     """How far one and two steps land from the teacher's 50-step sample (DDIM; fm_cmr: Euler) of the same noise and
     conditions, on the student's validation couplings (never trained on): teacher against student, mean squared error
     in the objective's space."""
-    import torch
-    import torch.nn.functional as F
-
-    from cmrsynth.generative import TeacherPairs, get_sampler, load_generator
-
     out = {}
     for stage, bundle in (("mask", "mask_generator"), ("image", "ddpm_cmr"), ("fm_cmr", "fm_cmr")):
         folder = "mask" if stage == "mask" else bundle
         if not (ctx["roots"]["students"][folder] / "pairs" / "teacher_pairs.pt").is_file():
             continue
-        pairs = TeacherPairs(ctx["roots"]["students"][folder] / "pairs" / "teacher_pairs.pt", "validation")
-        items = [pairs[i] for i in range(min(held_out, len(pairs)))]
-        z, x = torch.stack([i["noise"] for i in items]), torch.stack([i["sample"] for i in items])
-        mask = torch.stack([i["label"] for i in items]) if "label" in items[0] else None
+        items = validation_couplings(ctx["roots"]["students"][folder] / "pairs" / "teacher_pairs.pt", held_out)
         for weights in ("teachers", "students"):
-            g = load_generator(REPO / "bundles" / bundle, ctx["roots"][weights][folder], checkpoint="best_ema.pt",
-                               overrides={"timestep_spacing": "trailing"})
-            labels = torch.stack([i["class"] for i in items]) if g.classes.groups else None
-            for steps in (1, 2):
-                with torch.no_grad():
-                    y = get_sampler(g.sampler)(g.bind(mask, labels), z, g.objective.time_grid(steps))
-                out[f"{stage}/{weights}/{steps}"] = {"mse": F.mse_loss(y, x).item(), "couplings": len(items)}
+            for steps, error in few_step_errors(bundle, ctx["roots"][weights][folder], items).items():
+                out[f"{stage}/{weights}/{steps}"] = error
     return out
+
+
+def validation_couplings(path: Path, held_out: int) -> list[dict]:
+    """The first ``held_out`` validation couplings of a reflow student's ``teacher_pairs.pt`` (never trained on)."""
+    from cmrsynth.generative import TeacherPairs
+
+    pairs = TeacherPairs(path, "validation")
+    return [pairs[i] for i in range(min(held_out, len(pairs)))]
+
+
+def few_step_errors(bundle: str, root: Path, items: list[dict]) -> dict[int, dict]:
+    """Mean squared error (objective space) of one and two deterministic trailing steps of the generator at ``root``
+    (best_ema.pt) from each coupling's noise, against the teacher's 50-step sample of it."""
+    import torch
+    import torch.nn.functional as F
+
+    from cmrsynth.generative import get_sampler, load_generator
+
+    z, x = torch.stack([i["noise"] for i in items]), torch.stack([i["sample"] for i in items])
+    mask = torch.stack([i["label"] for i in items]) if "label" in items[0] else None
+    g = load_generator(REPO / "bundles" / bundle, root, checkpoint="best_ema.pt", overrides={"timestep_spacing": "trailing"})
+    labels = torch.stack([i["class"] for i in items]) if g.classes.groups else None
+    out = {}
+    for steps in (1, 2):
+        with torch.no_grad():
+            y = get_sampler(g.sampler)(g.bind(mask, labels), z, g.objective.time_grid(steps))
+        out[steps] = {"mse": F.mse_loss(y, x).item(), "couplings": len(items)}
+    return out
+
+
+#: reflow against consistency distillation, measured on the image stage: two students of one ddpm_cmr teacher (the
+#: default, the privacy benchmark's public_6 row) trained for the same steps on the same teacher evaluations
+#: (reflow: 640 couplings x 50 DDIM steps; consistency: 2,000 steps x batch 16, one teacher step each)
+DISTILLATIONS = {"reflow": "ddpm_cmr_student", "consistency": "ddpm_cmr_consistency"}
+PRIVACY_BENCHMARK = REPO / "bundles" / "privacy_audit" / "docs" / "benchmark.json"
+TEACHER_RECIPE = "public_6"
+
+
+def distillation_cost(log: Path, teacher_evaluations: int) -> dict:
+    """Wall minutes (one thread) before the first training step (reflow: drawing the couplings) and of training,
+    from a student's log, beside the teacher evaluations the method needed."""
+    import re
+    from datetime import datetime
+
+    stamps = []
+    for line in log.read_text().splitlines():
+        m = re.match(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),\d+ - .*", line)
+        if m:
+            stamps.append((datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S"), "Epoch: 1/" in line))
+    start, first_step, end = stamps[0][0], next(t for t, first in stamps if first), stamps[-1][0]
+    return {"minutes_before_training": (first_step - start).total_seconds() / 60,
+            "minutes_training": (end - first_step).total_seconds() / 60, "teacher_evaluations": teacher_evaluations}
+
+
+def distillation_row(name: str, root: Path, steps: int, ctx: dict, masks: Path, segmenter: bool) -> dict:
+    """Images of one generator at ``steps`` trailing DDIM steps on the benchmark masks, scored as the privacy
+    benchmark scores its rows: fidelity by the real-only segmenter, and a segmenter trained on them alone."""
+    out = ctx["work"] / "distillations" / f"{name}_{steps}"
+    images = draw_images(root, masks, "synthetic", out / "images", ctx["seed"] + 1, ctx["threads"], "ddpm_cmr",
+                         {"ckpt_path": str(root / "models" / "best_ema.pt"), "num_inference_steps": steps,
+                          "timestep_spacing": "trailing"})
+    row = {"generator": name, "steps": steps,
+           "fidelity": score_fidelity(images, ctx["real"], ctx["scorer"], out / "fidelity", ctx["seed"], ctx["threads"])}
+    if segmenter:
+        row["segmenter"] = train_segmenter(out / "seg", [{"datalist": str(images), "key": "training"}], ctx["real"],
+                                           SEGMENTER_STEPS, ctx["seed"], ctx["threads"])
+    print(f"{name} {steps} step(s): done {time.strftime('%H:%M')}", flush=True)
+    return row
+
+
+def compare_distillations(ctx: dict, teacher: Path, masks: Path, parallel: int) -> dict:
+    """Reflow and consistency students of one teacher at 1 and 2 steps, the teacher itself at 1 and 2 steps (no
+    distillation; fidelity only), and its DDIM-50 row from the privacy benchmark (same weights, masks and protocol);
+    distances to the teacher's 50-step samples on the reflow student's validation couplings; what each cost."""
+    import torch
+
+    from cmrsynth.bundle_run import trainer_progress
+    from cmrsynth.zoo import sha256
+
+    work = ctx["work"]
+    reference = json.loads(PRIVACY_BENCHMARK.read_text())["recipes"][TEACHER_RECIPE]
+    if reference["mask_set"] != sha256(masks)[:12]:
+        raise SystemExit(f"{masks}: not the mask set of the privacy benchmark's {TEACHER_RECIPE} row")
+    roots = {"teacher": teacher, **{k: work / v for k, v in DISTILLATIONS.items()}}
+    jobs = [(name, root, steps, name != "teacher") for name, root in roots.items() for steps in (1, 2)]
+    with ThreadPoolExecutor(parallel) as pool:
+        rows = list(pool.map(lambda job: distillation_row(job[0], job[1], job[2], ctx, masks, job[3]), jobs))
+    rows.append({"generator": "teacher", "steps": 50, "from": f"privacy_audit benchmark, row {TEACHER_RECIPE}",
+                 **{k: reference["images"][k] for k in ("fidelity", "segmenter")}})
+    pairs = roots["reflow"] / "pairs" / "teacher_pairs.pt"
+    made = torch.load(pairs, map_location="cpu", weights_only=True)["settings"]
+    items = validation_couplings(pairs, 128)
+    reflow, consistency = (trainer_progress(roots[k] / "models" / "checkpoint_final.pt") for k in ("reflow", "consistency"))
+    batch = 16  # train.yaml's batch size; each consistency step takes one teacher step per sample
+    return {"teacher": f"{teacher.name}/models/best_ema.pt", "mask_set": reference["mask_set"],
+            "rows": {f"{r['generator']}_{r['steps']}": r for r in rows},
+            "coupling_errors": {name: {str(steps): e for steps, e in few_step_errors("ddpm_cmr", root, items).items()}
+                                for name, root in roots.items()},
+            "training": {
+                "reflow": {**reflow, "couplings": made["num_pairs"], "validation_couplings": made["validation_pairs"],
+                           **distillation_cost(work / "ddpm_cmr_student.log", (made["num_pairs"] + made["validation_pairs"])
+                                               * made["num_inference_steps"])},
+                "consistency": {**consistency, "batch": batch,
+                                **distillation_cost(work / "ddpm_cmr_consistency.log", consistency["iteration"] * batch)}}}
 
 
 def timing(ctx: dict, pairs: int, keys: list[str]) -> dict:
@@ -296,13 +387,17 @@ def main() -> None:
     import argparse
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--stage", choices=["quality", "audits", "timing", "render"], default="quality")
+    p.add_argument("--stage", choices=["quality", "audits", "timing", "distillations", "render"], default="quality",
+                   help="distillations: reflow against consistency distillation on the image stage (--image-teacher)")
     p.add_argument("--settings", default=None, help="settings to measure (comma-separated; default: all whose weights exist)")
     p.add_argument("--work", default=str(REPO / "runs" / "bench14"), help="students, chains, segmenters")
     p.add_argument("--teachers", default=str(REPO / "runs" / "bench"), help="the teachers' work folder (and acdc64)")
     p.add_argument("--fm-teacher", default=str(REPO / "runs" / "acdc_cpu64" / "fm_cmr"),
                    help="fm_cmr teacher run folder (default: the ACDC cpu64 pipeline's, same split, audited beside it)")
-    p.add_argument("--seg-work", default=str(REPO / "runs" / "bench_seg13"), help="holds the real-only scorer segmenter")
+    p.add_argument("--seg-work", default=str(REPO / "runs" / "bench_seg13"),
+                   help="holds the real-only scorer segmenter and the privacy benchmark's synthetic masks")
+    p.add_argument("--image-teacher", default=str(REPO / "runs" / "bench" / "ddpm_cmr_pre6"),
+                   help="distillations: the ddpm_cmr teacher run folder (the privacy benchmark's public_6 row)")
     p.add_argument("--pairs", type=int, default=1000)
     p.add_argument("--timing-pairs", type=int, default=512)
     p.add_argument("--threads", type=int, default=1)
@@ -319,12 +414,17 @@ def main() -> None:
            "seed": args.seed, "threads": args.threads}
     part = {"benchmark": "few-step sampling", "data": "ACDC (../shared/data/acdc), 64x64 CPU preset, seed-0 split: "
             "train 50 / val 10 / test 10 patients", "pairs": args.pairs, "segmenter_steps": SEGMENTER_STEPS,
-            "students": training(work), f"machine_{args.stage}": machine()}
+            f"machine_{args.stage}": machine()}
+    if args.stage != "distillations":  # that stage's students are other ones, described in its own section
+        part["students"] = training(work)
     keys = args.settings.split(",") if args.settings else available(ctx["roots"])
     if args.stage == "quality":
         with ThreadPoolExecutor(args.parallel) as pool:
             part["settings"] = dict(zip(keys, pool.map(lambda k: quality_row(k, SETTINGS[k], ctx), keys)))
         part["paper_recipe"] = paper_flops()
+    elif args.stage == "distillations":
+        part["distillations"] = compare_distillations(ctx, Path(args.image_teacher),
+                                                      Path(args.seg_work) / "synthetic" / "masks" / "datalist.json", args.parallel)
     elif args.stage == "audits":
         part["coupling_errors"] = coupling_errors(ctx)
         part["audits"] = audits(ctx)
@@ -456,6 +556,48 @@ def tables(result: dict) -> str:
     return "\n".join(out)
 
 
+def _drops(reference: dict, row: dict) -> dict[str, float]:
+    """How much lower than ``reference`` a row's faithfulness and synthetic-only Dice are, per structure."""
+    faithful = {f"faithfulness {k.upper()}": reference["fidelity"]["mask_faithfulness"][k] - row["fidelity"]["mask_faithfulness"][k]
+                for k in ("lv", "myo", "rv")}
+    return {**faithful, **({f"synthetic-only Dice {k.upper()}": _dice(reference, k) - _dice(row, k) for k in ("lv", "myo", "rv")}
+                           if "segmenter" in row else {})}
+
+
+def _worst_drop(drops: dict[str, float]) -> str:
+    """The largest drop and where it is; 'none' when every measure is at or above the reference."""
+    if not drops:
+        return "-"
+    worst = max(drops, key=drops.get)
+    return f"{drops[worst]:.3f} ({worst})" if drops[worst] > 0 else "none"
+
+
+def distillation_tables(comparison: dict) -> str:
+    """Markdown: reflow against consistency distillation, quality per setting and what each method cost."""
+    rows, errors = comparison["rows"], comparison["coupling_errors"]
+    order = ["teacher_50", "teacher_1", "teacher_2", "reflow_1", "reflow_2", "consistency_1", "consistency_2"]
+    out = ["| generator | DDIM steps | faithfulness Dice LV / MYO / RV | FD x100 / KID x10^4 | synthetic-only Dice LV / MYO / RV "
+           "(mean of ED, ES) | distance to the teacher's 50-step sample (MSE) | largest drop against the teacher's DDIM-50 |",
+           "|---" * 7 + "|"]
+    for key in (k for k in order if k in rows):
+        r, name = rows[key], rows[key]["generator"]
+        f = r["fidelity"]
+        dice = " / ".join(f"{_dice(r, k):.3f}" for k in ("lv", "myo", "rv")) if "segmenter" in r else "not trained"
+        error = errors.get(name, {}).get(str(r["steps"]))
+        drops = _drops(rows["teacher_50"], r) if key != "teacher_50" else {}
+        out.append(f"| {name} | {r['steps']} | " + " / ".join(f"{f['mask_faithfulness'][k]:.3f}" for k in ("lv", "myo", "rv"))
+                   + f" | {100 * f['fd_seg']:.2f} / {1e4 * f['kid_seg']:.2f} | {dice} | "
+                   + (f"{error['mse']:.4f}" if error else "0 (itself)") + " | "
+                   + _worst_drop(drops) + " |")
+    out += ["", "What each distillation cost (one thread; reflow draws its couplings before training, consistency evaluates "
+            "the teacher and the target network at every step):", "",
+            "| method | teacher evaluations | minutes before training | minutes training | student steps |", "|---|---|---|---|---|"]
+    for name, t in comparison["training"].items():
+        out.append(f"| {name} | {t['teacher_evaluations']:,} | {t['minutes_before_training']:.0f} | {t['minutes_training']:.0f} | "
+                   f"{t['iteration']:,} |")
+    return "\n".join(out)
+
+
 def figure(result: dict, path: Path) -> None:
     """Speed against quality: pairs per second (batch 64) against synthetic-only Dice and faithfulness."""
     import matplotlib
@@ -503,6 +645,8 @@ def render(result: dict) -> None:
     """docs/fast_sampling.md's results section, the README's stage cell and the speed / quality figure, from the
     benchmark JSON."""
     replace_marked(DOCS / "fast_sampling.md", "results", tables(result))
+    if result.get("distillations"):
+        replace_marked(DOCS / "fast_sampling.md", "distillations", distillation_tables(result["distillations"]))
     replace_marked(REPO / "README.md", "fast-stage", stage_line(result), inline=True)
     if result.get("timing") and result.get("settings"):
         figure(result, FIGURE)
