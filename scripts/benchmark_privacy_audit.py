@@ -70,6 +70,11 @@ RECIPES = {
                           bundle="fm_cmr"),
     "fm_public_3": Recipe("fm_cmr, phantom weights + 600 private steps (augmentation, validation-best EMA)", "fm_cmr_pre3",
                           bundle="fm_cmr"),
+    # ldm_cmr: the phantom autoencoder as shipped (no private data through it) and its phantom latent denoiser + 6 x 200
+    "ldm_public_6": Recipe("ldm_cmr, phantom autoencoder as shipped, phantom denoiser + 1,200 private steps (augmentation, "
+                           "validation-best EMA)", "ldm_cmr_pre6", bundle="ldm_cmr"),
+    "ldm_public_3": Recipe("ldm_cmr, phantom autoencoder as shipped, phantom denoiser + 600 private steps (augmentation, "
+                           "validation-best EMA)", "ldm_cmr_pre3", bundle="ldm_cmr"),
     # the old recipe retrained when the first mask set's weights were gone: the utility reference on a later mask set
     "old_rerun": Recipe("ddpm_cmr, old default retrained (no augmentation, final weights; utility reference)", "ddpm_cmr_old",
                         "checkpoint_final.pt", audited=False),
@@ -310,7 +315,7 @@ def privacy_aim(row: dict) -> str:
 
 #: the rows the privacy aim is stated for: each generator's default as audited, the current ddpm_cmr default first
 #: (new_default: its previous one), and fm_cmr's public-start candidates
-AIM_ROWS = ("public_6", "new_default", "fm_new_default", "fm_public_6", "fm_public_3", "ldm_new_default")
+AIM_ROWS = ("public_6", "new_default", "fm_new_default", "fm_public_6", "fm_public_3", "ldm_new_default", "ldm_public_6", "ldm_public_3")
 
 
 def same_masks(a: dict, b: dict) -> bool:

@@ -7,8 +7,9 @@
 # 20 passes at (10, 1e-5); DP-SGD from scratch, the same budget and passes; overfit sanity: 5 patients, no
 # augmentation, 1,000 steps; public start without DP (the private default): the shipped phantom weights of ddpm_cmr
 # and fm_cmr (zoo/phantom), then the augmented recipe for 6 x 200 = 1,200 steps on the 50 members (fm_cmr also
-# 3 x 200); the old recipe (no augmentation, 15 x 200 steps, final weights) retrained as the utility reference on the
-# same mask set.
+# 3 x 200); ldm_cmr's public start (public_start.yaml: the phantom autoencoder as shipped, its latent denoiser then
+# 6 x 200 and 3 x 200 private steps); the old recipe (no augmentation, 15 x 200 steps, final weights) retrained as the
+# utility reference on the same mask set.
 # Rerunning resumes each run from its last checkpoint. Needs <work>/acdc64 (scripts/benchmark_ddpm_cmr.py prepares it).
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd); W=$(realpath "${1:-runs/bench}")
@@ -37,10 +38,14 @@ PYTHONPATH="$REPO/scripts" python -c "from pathlib import Path; from benchmark_p
 run "$W/ddpm_cmr_overfit5" --config_file "$DDPM" --dataset_dir "$W/acdc64" --datalist "$W/acdc64/datalist_5patients.json" \
   --max_epochs 5 --augment False
 FM="['bundles/fm_cmr/configs/common.yaml','bundles/fm_cmr/configs/train.yaml']"
-for b in ddpm_cmr fm_cmr; do
+for b in ddpm_cmr fm_cmr ldm_cmr; do
   [ -f "$W/zoo_$b/models/best_ema.pt" ] || cmr-synth zoo install "zoo/phantom/$b.zip" "$W/zoo_$b"
 done
 run "$W/ddpm_cmr_pre6" --config_file "$DDPM" --dataset_dir "$W/acdc64" --max_epochs 6 --pretrained "$W/zoo_ddpm_cmr/models/best_ema.pt"
 run "$W/fm_cmr_pre6" --config_file "$FM" --dataset_dir "$W/acdc64" --max_epochs 6 --pretrained "$W/zoo_fm_cmr/models/best_ema.pt"
 run "$W/fm_cmr_pre3" --config_file "$FM" --dataset_dir "$W/acdc64" --max_epochs 3 --pretrained "$W/zoo_fm_cmr/models/best_ema.pt"
+LDM="['bundles/ldm_cmr/configs/common.yaml','bundles/ldm_cmr/configs/train.yaml','bundles/ldm_cmr/configs/train_diffusion.yaml','bundles/ldm_cmr/configs/public_start.yaml']"
+for n in 6 3; do
+  run "$W/ldm_cmr_pre$n" --config_file "$LDM" --dataset_dir "$W/acdc64" --max_epochs $n --pretrained "$W/zoo_ldm_cmr/models/best_ema.pt"
+done
 run "$W/ddpm_cmr_old" --config_file "$DDPM" --dataset_dir "$W/acdc64" --max_epochs 15 --augment False

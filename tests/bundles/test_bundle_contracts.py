@@ -204,3 +204,21 @@ def test_public_start_needs_the_public_weights(tmp_path):
     (tmp_path / "models").mkdir()
     torch.save({}, tmp_path / "models" / "checkpoint_epoch=1.pt")
     assert parser.get_parsed_content("check_inputs#files", lazy=False) == []
+
+
+def test_ldm_public_start_encodes_with_the_public_autoencoder(tmp_path):
+    """ldm_cmr's public_start.yaml: the autoencoder is the public run's (beside --pretrained), never trained on the
+    private cohort; a fresh run without either public file is refused naming both, a resumed run needs neither."""
+    parser = _parser("ldm_cmr", "train.yaml", "train_diffusion.yaml", "public_start.yaml")
+    parser["ckpt_dir"] = str(tmp_path / "models")
+    parser["pretrained"] = str(tmp_path / "zoo" / "models" / "best_ema.pt")
+    assert parser.get_parsed_content("max_epochs") == 6
+    assert parser.get_parsed_content("public_autoencoder") == str(tmp_path / "zoo" / "models" / "autoencoder" / "checkpoint_final.pt")
+    files = parser.get_parsed_content("check_inputs#files")
+    assert [f["path"] for f in files] == [parser["pretrained"], parser.get_parsed_content("public_autoencoder")]
+    assert "public_start.yaml" in files[1]["problem"]
+    (tmp_path / "models").mkdir()
+    torch.save({}, tmp_path / "models" / "checkpoint_epoch=1.pt")
+    assert parser.get_parsed_content("check_inputs#files", lazy=False) == []
+    parser["calibration_loader"] = None  # not read: the codec comes back with the run's own checkpoint
+    assert parser.get_parsed_content("prepare_codec", lazy=False) is None
