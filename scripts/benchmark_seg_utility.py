@@ -19,6 +19,8 @@ scripts/benchmark_ddpm_cmr.py). Modes (--modes; results merge into bundles/seg_u
 - synthetic-dp: the same masks drawn by the DP-SGD ddpm_cmr of scripts/benchmark_privacy_audit.py --dp-minutes
 - mixed: real + synthetic, one synthetic slice per real slice
 - fewN / fewN+syn: N real patients (round-robin over groups), without / with the synthetic set
+- <mode>@<seed>: the same mode with another segmenter seed (its own run folder); modes trained at several seeds get
+  a seed-spread table (mean ± sd across seeds), the noise any Dice difference between rows is read against
 
     python scripts/benchmark_seg_utility.py --work runs/bench3 --make-synthetic 14 --steps 700
 """
@@ -28,6 +30,8 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+
+import numpy as np
 
 from cmrsynth.benchmark import REPO, draw_images, machine, parser, prepared_acdc, replace_marked, untrained_generator, write_benchmark
 from cmrsynth.bundle_run import run_bundle, trainer_progress
@@ -58,7 +62,7 @@ def make_synthetic(work: Path, per_class: int, args) -> dict[str, Path]:
 def sources(mode: str, real: Path, synthetic: dict[str, Path]) -> list[dict]:
     """The training sources of a mode."""
     real_src = {"datalist": str(real), "key": "training"}
-    syn_src = {"datalist": str(synthetic["trained"]), "key": "training"}
+    syn_src = {"datalist": str(synthetic.get("trained")), "key": "training"}
     if mode == "real":
         return [real_src]
     if mode == "synthetic":
@@ -82,24 +86,32 @@ def evaluate(root: Path, datalist: Path, key: str, name: str, threads: int) -> d
     return {"patients": metrics["patients"], "slices": metrics["slices"], "summary": metrics["summary"]}
 
 
+def needs_synthetic(mode: str) -> bool:
+    """Whether a mode (``<mode>[@<seed>]``) trains on generated images."""
+    base = mode.partition("@")[0]
+    return not (base == "real" or (base.startswith("few") and not base.endswith("+syn")))
+
+
 def run_mode(mode: str, args, real: Path, synthetic: dict[str, Path], work: Path) -> dict:
-    """Train seg_utility for one mode within the budget and score it on the real test patients."""
+    """Train seg_utility for one mode (``<mode>[@<seed>]``) within the budget and score it on the real test patients."""
+    base, _, seed = mode.partition("@")
     root = work / "seg_utility" / mode
     root.mkdir(parents=True, exist_ok=True)
     # fixed steps (50-step epochs) so a busy or slower machine changes the wall time, not the result; --minutes is a
     # safety net on top
-    train = {"real_datalist": str(real), "sources": sources(mode, real, synthetic), "max_epochs": args.steps // 50,
-             "epoch_length": 50, "max_minutes": args.minutes, "seed": args.seed, "progress_bar": False}
+    train = {"real_datalist": str(real), "sources": sources(base, real, synthetic), "max_epochs": args.steps // 50,
+             "epoch_length": 50, "max_minutes": args.minutes, "seed": int(seed) if seed else args.seed, "progress_bar": False}
     t0 = time.perf_counter()
     run_bundle(BUNDLE, ["common.yaml", "train.yaml"], root, train, log=root / "train.log",
                env={"OMP_NUM_THREADS": str(args.threads)})
     wall = time.perf_counter() - t0
     composed = json.loads((root / "models" / "training_set.json").read_text())["training"]
-    result = {"sources": [{**s, "datalist": _short(s["datalist"], work)} for s in train["sources"]],
+    result = {"seed": train["seed"], "measured": {"date": time.strftime("%Y-%m-%d"), "threads": args.threads},
+              "sources": [{**s, "datalist": _short(s["datalist"], work)} for s in train["sources"]],
               "training_slices": len(composed), "training_wall_seconds": round(wall, 1),
               **trainer_progress(root / "models" / "checkpoint_final.pt"),
               "acdc_test": evaluate(root, real, "test", "acdc_test", args.threads)}
-    if mode == "real" and (MNMS2).is_dir():
+    if base == "real" and MNMS2.is_dir():
         result["mnms2_sample_cross_dataset"] = evaluate(root, prepared_mnms2(work), "test", "mnms2", args.threads)
     return result
 
@@ -164,15 +176,19 @@ def main() -> None:
         return
     work = Path(args.work)
     real = prepared_acdc(work / "acdc64", 64) / "datalist.json"
-    synthetic = make_synthetic(work, args.make_synthetic, args)
+    modes = args.modes.split(",")
+    # only modes with generated images (and the fidelity table) need the generator benchmarks' runs in --work
+    needed = not args.skip_fidelity or any(map(needs_synthetic, modes))
+    synthetic = make_synthetic(work, args.make_synthetic, args) if needed else {}
     result = json.loads(path.read_text()) if path.is_file() else {}
     result.setdefault("modes", {})
     result.update({"bundle": "seg_utility", "data": "ACDC (../shared/data/acdc), 64x64 CPU preset, seed-0 split: "
                    "train 50 / val 10 / test 10 patients; scored per patient volume on the 10 test patients",
-                   "machine": machine(), "threads": args.threads, "steps_per_mode": args.steps,
-                   "synthetic_set": {k: _short(v, work) for k, v in synthetic.items()},
-                   "synthetic_masks_per_class": args.make_synthetic})
-    for mode in args.modes.split(","):
+                   "machine": machine(), "threads": args.threads, "steps_per_mode": args.steps})
+    if synthetic:
+        result.update({"synthetic_set": {k: _short(v, work) for k, v in synthetic.items()},
+                       "synthetic_masks_per_class": args.make_synthetic})
+    for mode in modes:
         result["modes"][mode] = run_mode(mode, args, real, synthetic, work)
         result["finished"] = time.strftime("%Y-%m-%d %H:%M")
         write_benchmark(path, result)
@@ -189,12 +205,14 @@ def main() -> None:
     if args.render:
         render(result)
     print(utility_table(result))
+    print(seed_spread_table(result))
     print(fidelity_table(result))
 
 
 def render(result: dict) -> None:
     """Write the utility and fidelity tables into docs/README.md."""
     replace_marked(BUNDLE / "docs" / "README.md", "utility-table", utility_table(result))
+    replace_marked(BUNDLE / "docs" / "README.md", "seed-spread", seed_spread_table(result))
     replace_marked(BUNDLE / "docs" / "README.md", "fidelity-table", fidelity_table(result))
 
 
@@ -213,6 +231,28 @@ def utility_table(result: dict) -> str:
         ef = s.get("lv_ef_error", {"mean": float("nan"), "sd": float("nan")})
         rows.append(f"| {mode} | {r['training_slices']} | {r['iteration']} | " + " | ".join(dice)
                     + f" | {_cell(s, 'ED/hd95_lv', 1)} | {ef['mean']:.1f} ± {ef['sd']:.1f} |")
+    return "\n".join(rows)
+
+
+CELLS = [f"{phase}/dice_{k}" for k in ("lv", "myo", "rv") for phase in ("ED", "ES")]
+
+
+def seed_spread_table(result: dict) -> str:
+    """Markdown table: for each mode trained at several seeds (``<mode>@<seed>``), the mean ± sd across seeds of its
+    test Dice per structure and phase, and the largest sd of any cell."""
+    groups: dict[str, list[dict]] = {}
+    for mode, r in result["modes"].items():
+        if "@" in mode:
+            groups.setdefault(mode.partition("@")[0], []).append(r)
+    rows = ["| mode | seeds | steps | Dice LV ED / ES | Dice MYO ED / ES | Dice RV ED / ES | largest sd |", "|---|---|---|---|---|---|---|"]
+    for base, runs in groups.items():
+        if len(runs) < 2:
+            continue
+        values = np.array([[r["acdc_test"]["summary"][c]["mean"] for c in CELLS] for r in runs])
+        mean, sd = values.mean(0), values.std(0, ddof=1)
+        cells = [f"{mean[i]:.3f} ± {sd[i]:.3f} / {mean[i + 1]:.3f} ± {sd[i + 1]:.3f}" for i in (0, 2, 4)]
+        seeds, steps = ", ".join(str(r["seed"]) for r in runs), "/".join(sorted({str(r["iteration"]) for r in runs}))
+        rows.append(f"| {base} | {seeds} | {steps} | " + " | ".join(cells) + f" | {sd.max():.3f} ({CELLS[int(sd.argmax())]}) |")
     return "\n".join(rows)
 
 
