@@ -8,7 +8,8 @@
 # augmentation, 1,000 steps; public start without DP (the private default): the shipped phantom weights of ddpm_cmr
 # and fm_cmr (zoo/phantom), then the augmented recipe for 6 x 200 = 1,200 steps on the 50 members (fm_cmr also
 # 3 x 200); ldm_cmr's public start (public_start.yaml: the phantom autoencoder as shipped, its latent denoiser then
-# 6 x 200 and 3 x 200 private steps); the old recipe (no augmentation, 15 x 200 steps, final weights) retrained as the
+# 6 x 200 and 3 x 200 private steps); DP-SGD from ddpm_cmr's shipped phantom weights (the default's start) at
+# (10, 1e-5) over 20 passes, at batch 16 and at an expected batch of 64 (scripts/screen_dp_public_start.py); the old recipe (no augmentation, 15 x 200 steps, final weights) retrained as the
 # utility reference on the same mask set.
 # Rerunning resumes each run from its last checkpoint. Needs <work>/acdc64 (scripts/benchmark_ddpm_cmr.py prepares it).
 set -euo pipefail
@@ -44,6 +45,10 @@ done
 run "$W/ddpm_cmr_pre6" --config_file "$DDPM" --dataset_dir "$W/acdc64" --max_epochs 6 --pretrained "$W/zoo_ddpm_cmr/models/best_ema.pt"
 run "$W/fm_cmr_pre6" --config_file "$FM" --dataset_dir "$W/acdc64" --max_epochs 6 --pretrained "$W/zoo_fm_cmr/models/best_ema.pt"
 run "$W/fm_cmr_pre3" --config_file "$FM" --dataset_dir "$W/acdc64" --max_epochs 3 --pretrained "$W/zoo_fm_cmr/models/best_ema.pt"
+run "$W/ddpm_cmr_dp_zoo_b16" --config_file "$DPP" --dataset_dir "$W/acdc64" --max_epochs 100000 --pretrained "$W/zoo_ddpm_cmr/models/best_ema.pt"
+# a quarter of the steps at 4x the batch: validation every 50 steps keeps the cadence in samples
+run "$W/ddpm_cmr_dp_zoo_b64" --config_file "$DPP" --dataset_dir "$W/acdc64" --max_epochs 100000 --pretrained "$W/zoo_ddpm_cmr/models/best_ema.pt" \
+  --batch_size 64 --epoch_length 50
 LDM="['bundles/ldm_cmr/configs/common.yaml','bundles/ldm_cmr/configs/train.yaml','bundles/ldm_cmr/configs/train_diffusion.yaml','bundles/ldm_cmr/configs/public_start.yaml']"
 for n in 6 3; do
   run "$W/ldm_cmr_pre$n" --config_file "$LDM" --dataset_dir "$W/acdc64" --max_epochs $n --pretrained "$W/zoo_ldm_cmr/models/best_ema.pt"
