@@ -62,7 +62,8 @@ def make_synthetic(work: Path, per_class: int, args) -> dict[str, Path]:
 def sources(mode: str, real: Path, synthetic: dict[str, Path]) -> list[dict]:
     """The training sources of a mode."""
     real_src = {"datalist": str(real), "key": "training"}
-    syn_src = {"datalist": str(synthetic.get("trained")), "key": "training"}
+    # real-only modes run without the generator benchmarks' images
+    syn_src = {"datalist": str(synthetic["trained"]), "key": "training"} if needs_synthetic(mode) else None
     if mode == "real":
         return [real_src]
     if mode == "synthetic":

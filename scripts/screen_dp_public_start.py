@@ -12,8 +12,8 @@
 preset, 64x64): the non-DP default (phantom weights + 1,200 private steps) beside DP-SGD fine-tuning from the same
 weights at (10, 1e-5) over 20 passes, at batch 16 (the earlier DP recipe's) and at an expected batch of 64 (less noise
 per averaged gradient for the same budget, a quarter of the steps). Each generator draws one image per real mask of
-the 10 validation patients (no mask generator: its weights are gone; the validation patients never train a
-segmenter that is scored on the test patients); a segmenter trained 700 steps on those images alone is scored on the
+the 10 validation patients (no mask generator was at hand; these patients are neither members nor test patients,
+so no test label reaches a segmenter); a segmenter trained 700 steps on those images alone is scored on the
 10 test patients, and the real-only segmenter scores their fidelity. No membership audit: DP's bound is epsilon.
 The three generators are scripts/train_privacy_benchmark_generators.sh's ddpm_cmr_pre6, ddpm_cmr_dp_zoo_b16 and
 ddpm_cmr_dp_zoo_b64 (fixed step counts; a rerun only evaluates).
@@ -23,7 +23,6 @@ ddpm_cmr_dp_zoo_b64 (fixed step counts; a rerun only evaluates).
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
