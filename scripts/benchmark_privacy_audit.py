@@ -126,6 +126,15 @@ def dp_training_facts(root: Path, delta: float) -> dict:
     return {"max_grad_norm": dp["dp_max_grad_norm"], **training_facts(root), **budget_spent(state["dp"], delta)}
 
 
+def adopt_queue_log(work: Path, folder: str) -> bool:
+    """Give a run folder the log scripts/train_privacy_benchmark_generators.sh wrote beside it (``<folder>.train.log``)
+    as its ``train.log``, which ``training_facts`` reads, unless it has one; whether it has one now."""
+    log, queue_log = work / folder / "train.log", work / f"{folder}.train.log"
+    if queue_log.is_file() and not log.is_file():
+        shutil.copy(queue_log, log)
+    return log.is_file()
+
+
 def pipeline_training_facts(root: Path, stages: tuple[str, ...]) -> dict:
     """Steps and wall time from the pipeline's stage records (each holds its trainer's final epoch and iteration; its
     logs hold every attempt)."""
@@ -403,14 +412,10 @@ def main() -> None:
         row = {"label": recipe.label, "root": recipe.root, "checkpoint": recipe.checkpoint,
                "measured": ({"date": time.strftime("%Y-%m-%d"), "threads": args.threads} if fresh
                             else rows.get(key, {}).get("measured"))}
-        queue_log = work / f"{recipe.root}.train.log"  # where scripts/train_privacy_benchmark_generators.sh logs
         if recipe.pipeline_stages:
             row["training"] = pipeline_training_facts(root, recipe.pipeline_stages)
-        else:
-            if queue_log.is_file() and not (root / "train.log").is_file():
-                shutil.copy(queue_log, root / "train.log")
-            if (root / "train.log").is_file():
-                row["training"] = training_facts(root)
+        elif adopt_queue_log(work, recipe.root):
+            row["training"] = training_facts(root)
         if recipe.dp:
             row["dp_training"] = dp_training_facts(root, 1e-5)
         if recipe.utility:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from benchmark_privacy_audit import BUNDLE, SEGMENTER_STEPS, _dice, dp_training_facts
+from benchmark_privacy_audit import BUNDLE, SEGMENTER_STEPS, _dice_gap, adopt_queue_log, dp_training_facts
 from cmrsynth.benchmark import (dice_cells, draw_images, machine, parser, prepared_acdc, score_fidelity, train_segmenter,
                                 training_facts, write_benchmark)
 
@@ -43,8 +43,7 @@ def screen_row(work: Path, key: str, real: Path, scorer: Path, seed: int, thread
     """One generator: how it trained, its images on the validation masks, their segmenter and fidelity."""
     label, folder, dp = ROWS[key]
     root = work / folder
-    if not (root / "train.log").is_file() and (work / f"{folder}.train.log").is_file():
-        (root / "train.log").write_text((work / f"{folder}.train.log").read_text())
+    adopt_queue_log(work, folder)
     images = draw_images(root, real, "validation", work / "images" / key, seed + 1, threads, "ddpm_cmr",
                          {"ckpt_path": str(root / "models" / "best_ema.pt")})
     # laid out as the privacy benchmark's rows, so its helpers read them
@@ -63,17 +62,15 @@ def table(rows: dict) -> str:
     largest Dice gap below the non-DP default."""
     out = ["| generator | ε | steps | Dice LV ED / ES | Dice MYO ED / ES | Dice RV ED / ES | faithfulness LV / MYO / RV | "
            "FD x100 / KID x10^3 | largest gap below the default |", "|---|---|---|---|---|---|---|---|---|"]
-    reference = _dice(rows["public_6"])
     for key, r in rows.items():
-        gaps = {cell: reference[cell] - v for cell, v in _dice(r).items()}
-        worst = max(gaps, key=gaps.get)
+        cell, gap, _ = _dice_gap(rows["public_6"], r)
         f, eps = r["images"]["fidelity"], r.get("dp_training", {}).get("epsilon")
         m = f["mask_faithfulness"]
         out.append(f"| {r['label']} | {f'{eps:.2f}' if eps is not None else '-'} | {r['training']['iteration']} | "
                    + " | ".join(dice_cells(r["images"]["segmenter"]["summary"], k) for k in ("lv", "myo", "rv"))
                    + f" | {m['lv']:.3f} / {m['myo']:.3f} / {m['rv']:.3f} | "
                    + f"{100 * f['fd_seg']:.2f} / {1e3 * f['kid_seg']:.2f} | "
-                   + ("-" if key == "public_6" else f"{gaps[worst]:.3f} ({worst})") + " |")
+                   + ("-" if key == "public_6" else f"{gap:.3f} ({cell})") + " |")
     return "\n".join(out)
 
 

@@ -9,8 +9,8 @@
 # and fm_cmr (zoo/phantom), then the augmented recipe for 6 x 200 = 1,200 steps on the 50 members (fm_cmr also
 # 3 x 200); ldm_cmr's public start (public_start.yaml: the phantom autoencoder as shipped, its latent denoiser then
 # 6 x 200 and 3 x 200 private steps); DP-SGD from ddpm_cmr's shipped phantom weights (the default's start) at
-# (10, 1e-5) over 20 passes, at batch 16 and at an expected batch of 64 (scripts/screen_dp_public_start.py); the old recipe (no augmentation, 15 x 200 steps, final weights) retrained as the
-# utility reference on the same mask set.
+# (10, 1e-5) over 20 passes, at batch 16 and at an expected batch of 64 (scripts/screen_dp_public_start.py); the old
+# recipe (no augmentation, 15 x 200 steps, final weights) retrained as the utility reference on the same mask set.
 # Rerunning resumes each run from its last checkpoint. Needs <work>/acdc64 (scripts/benchmark_ddpm_cmr.py prepares it).
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd); W=$(realpath "${1:-runs/bench}")
