@@ -107,6 +107,9 @@ def test_the_data_card_says_where_each_training_step_started_and_its_private_ste
     for name in ("ddpm_cmr", "fm_cmr", "ldm_cmr"):  # what each training stage leaves (the trainer's state)
         (tmp_path / name / "models").mkdir(parents=True)
         torch.save({"trainer": {"iteration": 100, "epoch_length": 50}}, tmp_path / name / "models" / "checkpoint_final.pt")
+    # the demo uses ldm_cmr's autoencoder as the zoo installs it: weights, no trainer state
+    (tmp_path / "ldm_cmr" / "models" / "autoencoder").mkdir()
+    torch.save({"autoencoder": {}}, tmp_path / "ldm_cmr" / "models" / "autoencoder" / "checkpoint_final.pt")
     shipped = "the shipped phantom weights (public, procedural), then 100 steps on the private cohort"
     assert pipeline.training_words(GENERATORS["ddpm_cmr"]) == shipped
     assert pipeline.training_words(GENERATORS["ldm_cmr"]) == (

@@ -204,10 +204,10 @@ class Pipeline:
         """How a generator was trained, for its data card: where each step started and its steps on the private cohort."""
         parts = []
         for step, start in zip(spec.train, self.starts(spec)):
-            steps = _progress(self.out / spec.bundle, step).get("iteration")
+            # a step that did not train holds the shipped file, which has no trainer state to read
             words = ("the shipped phantom weights as they are (no private data)" if not self.preset.epochs[step.budget]
                      else ("the shipped phantom weights (public, procedural), then " if start else "from scratch, ")
-                     + f"{steps:,} steps on the private cohort")
+                     + f"{_progress(self.out / spec.bundle, step)['iteration']:,} steps on the private cohort")
             parts.append(words if len(spec.train) == 1 else f"{step.budget}: {words}")
         return "; ".join(parts)
 
