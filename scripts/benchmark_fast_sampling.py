@@ -305,13 +305,19 @@ def distillation_cost(log: Path, teacher_evaluations: int) -> dict:
             "minutes_training": (end - first_step).total_seconds() / 60, "teacher_evaluations": teacher_evaluations}
 
 
-def distillation_row(name: str, root: Path, steps: int, ctx: dict, masks: Path, segmenter: bool) -> dict:
-    """Images of one generator at ``steps`` trailing DDIM steps on the benchmark masks, scored as the privacy
-    benchmark scores its rows: fidelity by the real-only segmenter, and a segmenter trained on them alone."""
-    out = ctx["work"] / "distillations" / f"{name}_{steps}"
-    images = draw_images(root, masks, "synthetic", out / "images", ctx["seed"] + 1, ctx["threads"], "ddpm_cmr",
+#: how a bundle samples at a few steps: DDIM on the trailing grid (t = 999 first); flow matching's Euler grid is fixed
+FEW_STEP_OVERRIDES = {"ddpm_cmr": {"timestep_spacing": "trailing"}, "ldm_cmr": {"timestep_spacing": "trailing"}, "fm_cmr": {}}
+
+
+def distillation_row(name: str, root: Path, steps: int, ctx: dict, masks: Path, segmenter: bool, bundle: str = "ddpm_cmr",
+                     mask_key: str = "synthetic", folder: str = "distillations") -> dict:
+    """Images of one generator at ``steps`` steps of its deterministic sampler (DDIM on the trailing grid, fm_cmr Euler)
+    on the masks of a datalist section, scored as the privacy benchmark scores its rows: fidelity by the real-only
+    segmenter, and a segmenter trained on them alone."""
+    out = ctx["work"] / folder / f"{name}_{steps}"
+    images = draw_images(root, masks, mask_key, out / "images", ctx["seed"] + 1, ctx["threads"], bundle,
                          {"ckpt_path": str(root / "models" / "best_ema.pt"), "num_inference_steps": steps,
-                          "timestep_spacing": "trailing"})
+                          **FEW_STEP_OVERRIDES[bundle]})
     row = {"generator": name, "steps": steps,
            "fidelity": score_fidelity(images, ctx["real"], ctx["scorer"], out / "fidelity", ctx["seed"], ctx["threads"])}
     if segmenter:
@@ -357,6 +363,60 @@ def compare_distillations(ctx: dict, teacher: Path, masks: Path, parallel: int) 
                                 **distillation_cost(work / "ddpm_cmr_consistency.log", consistency["iteration"] * batch)}}}
 
 
+#: each image bundle's default number of sampler steps (fm_cmr Euler-10, ldm_cmr DDIM-50): its teacher's reference row
+TEACHER_STEPS = {"fm_cmr": 10, "ldm_cmr": 50}
+
+
+def student_rows(bundle: str) -> tuple[tuple[str, int, bool], ...]:
+    """(generator, steps, segmenter) of an image-stage comparison: the teacher at its default steps and at 2 and 1
+    (no distillation; fidelity only), the reflow student at 2 and 1."""
+    return (("teacher", TEACHER_STEPS[bundle], True), ("teacher", 2, False), ("teacher", 1, False), ("reflow", 2, True),
+            ("reflow", 1, True))
+
+
+def compare_image_student(ctx: dict, bundle: str, teacher: Path, student: Path, teacher_audit: Path, parallel: int) -> dict:
+    """An image bundle's reflow student against its teacher on the image stage alone, drawn on the real validation
+    patients' masks (no mask generator needed; neither members nor test patients): fidelity, a segmenter on each row's
+    images, distance to the teacher's 50-step sample on the student's validation couplings, FLOPs per slice, what the
+    student cost, and the student audited at 2 steps (as the pipeline samples it) beside its teacher's audit."""
+    import torch
+
+    from benchmark_privacy_audit import privacy_aim_numbers
+    from cmrsynth.bundle_run import trainer_progress
+    from cmrsynth.generative import load_generator
+
+    roots = {"teacher": teacher, "reflow": student}
+    # the real-only scorer (seg_utility's real mode, the same protocol), trained here when the work folder has none
+    train_segmenter(ctx["scorer"], [{"datalist": str(ctx["real"]), "key": "training"}], ctx["real"], SEGMENTER_STEPS,
+                    ctx["seed"], ctx["threads"])
+    with ThreadPoolExecutor(parallel) as pool:
+        rows = list(pool.map(lambda r: distillation_row(r[0], roots[r[0]], r[1], ctx, ctx["real"], r[2], bundle,
+                                                        "validation", f"{bundle}_image"), student_rows(bundle)))
+    generator = load_generator(REPO / "bundles" / bundle, teacher, checkpoint="best_ema.pt")
+    for row in rows:
+        row["flops_per_slice"] = generator.flops_per_sample(row["steps"])
+    pairs = student / "pairs" / "teacher_pairs.pt"
+    made = torch.load(pairs, map_location="cpu", weights_only=True)["settings"]
+    items = validation_couplings(pairs, 128)
+    folder = ctx["work"] / "privacy_audit" / student.name
+    if not (folder / "audit.json").is_file():
+        run_bundle(REPO / "bundles" / "privacy_audit", ["audit.yaml"], ctx["work"] / "privacy_audit",
+                   {"generator_bundle": str(REPO / "bundles" / bundle), "generator_root": str(student),
+                    "real_datalist": str(ctx["real"]), "output_dir": str(folder), "slices_per_patient": 6,
+                    "generator_overrides": {"num_inference_steps": 2, **FEW_STEP_OVERRIDES[bundle]}},
+                   log=ctx["work"] / "privacy_audit" / f"{student.name}.log", env={"OMP_NUM_THREADS": str(ctx["threads"])})
+    audits_ = {"teacher": json.loads(teacher_audit.read_text()), "reflow": json.loads((folder / "audit.json").read_text())}
+    return {"bundle": bundle, "teacher": f"{teacher.name}/models/best_ema.pt", "masks": "the 10 validation patients' real masks",
+            "rows": {f"{r['generator']}_{r['steps']}": r for r in rows},
+            "coupling_errors": {name: {str(steps): e for steps, e in few_step_errors(bundle, root, items).items()}
+                                for name, root in roots.items()},
+            "training": {**trainer_progress(student / "models" / "checkpoint_final.pt"), "couplings": made["num_pairs"],
+                         "validation_couplings": made["validation_pairs"],
+                         **distillation_cost(student.parent / f"{student.name}.log", (made["num_pairs"] + made["validation_pairs"])
+                                             * made["num_inference_steps"])},
+            "privacy": {name: privacy_aim_numbers(a) for name, a in audits_.items()}}
+
+
 def timing(ctx: dict, pairs: int, keys: list[str]) -> dict:
     """Pairs per second of each setting's chain at batch 64 and 256, 2 threads (run alone on the machine)."""
     out = {}
@@ -375,7 +435,7 @@ def save(part: dict) -> dict:
     side do not overwrite each other's rows; returns the merged result."""
     result = json.loads(JSON.read_text()) if JSON.is_file() else {}
     for key, value in part.items():
-        if isinstance(value, dict) and key in ("settings", "timing", "audits"):
+        if isinstance(value, dict) and key in ("settings", "timing", "audits", "image_students"):
             result.setdefault(key, {}).update(value)
         else:
             result[key] = value
@@ -387,8 +447,9 @@ def main() -> None:
     import argparse
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--stage", choices=["quality", "audits", "timing", "distillations", "render"], default="quality",
-                   help="distillations: reflow against consistency distillation on the image stage (--image-teacher)")
+    p.add_argument("--stage", choices=["quality", "audits", "timing", "distillations", "image_student", "render"],
+                   default="quality", help="distillations: reflow against consistency distillation on the image stage "
+                   "(--image-teacher); image_student: an image bundle's reflow student against its teacher (--bundle)")
     p.add_argument("--settings", default=None, help="settings to measure (comma-separated; default: all whose weights exist)")
     p.add_argument("--work", default=str(REPO / "runs" / "bench14"), help="students, chains, segmenters")
     p.add_argument("--teachers", default=str(REPO / "runs" / "bench"), help="the teachers' work folder (and acdc64)")
@@ -398,6 +459,10 @@ def main() -> None:
                    help="holds the real-only scorer segmenter and the privacy benchmark's synthetic masks")
     p.add_argument("--image-teacher", default=str(REPO / "runs" / "bench" / "ddpm_cmr_pre6"),
                    help="distillations: the ddpm_cmr teacher run folder (the privacy benchmark's public_6 row)")
+    p.add_argument("--bundle", default="fm_cmr", choices=sorted(TEACHER_STEPS), help="image_student: the image bundle")
+    p.add_argument("--teacher", default=None, help="image_student: the teacher's run folder")
+    p.add_argument("--student", default=None, help="image_student: its reflow student's run folder")
+    p.add_argument("--teacher-audit", default=None, help="image_student: privacy_audit's audit.json of the teacher")
     p.add_argument("--pairs", type=int, default=1000)
     p.add_argument("--timing-pairs", type=int, default=512)
     p.add_argument("--threads", type=int, default=1)
@@ -415,7 +480,7 @@ def main() -> None:
     part = {"benchmark": "few-step sampling", "data": "ACDC (../shared/data/acdc), 64x64 CPU preset, seed-0 split: "
             "train 50 / val 10 / test 10 patients", "pairs": args.pairs, "segmenter_steps": SEGMENTER_STEPS,
             f"machine_{args.stage}": machine()}
-    if args.stage != "distillations":  # that stage's students are other ones, described in its own section
+    if args.stage not in ("distillations", "image_student"):  # their students are other ones, described in their own sections
         part["students"] = training(work)
     keys = args.settings.split(",") if args.settings else available(ctx["roots"])
     if args.stage == "quality":
@@ -425,6 +490,9 @@ def main() -> None:
     elif args.stage == "distillations":
         part["distillations"] = compare_distillations(ctx, Path(args.image_teacher),
                                                       Path(args.seg_work) / "synthetic" / "masks" / "datalist.json", args.parallel)
+    elif args.stage == "image_student":
+        part["image_students"] = {args.bundle: compare_image_student(ctx, args.bundle, Path(args.teacher), Path(args.student),
+                                                                     Path(args.teacher_audit), args.parallel)}
     elif args.stage == "audits":
         part["coupling_errors"] = coupling_errors(ctx)
         part["audits"] = audits(ctx)
@@ -641,12 +709,44 @@ def stage_line(result: dict) -> str:
     return "[benchmark](docs/fast_sampling.md): " + "; ".join(cells) if cells else "not measured yet"
 
 
+def image_student_tables(comparison: dict) -> str:
+    """Markdown: an image bundle's teacher and reflow student on the image stage, their cost and their audits."""
+    rows, errors, t = comparison["rows"], comparison["coupling_errors"], comparison["training"]
+    sampler = "Euler" if comparison["bundle"] == "fm_cmr" else "DDIM"
+    reference = f"teacher_{TEACHER_STEPS[comparison['bundle']]}"
+    out = [f"| generator | {sampler} steps | MFLOP per slice | faithfulness Dice LV / MYO / RV | FD x100 / KID x10^4 | synthetic-only "
+           "Dice LV / MYO / RV (mean of ED, ES) | distance to the teacher's 50-step sample (MSE) | largest drop against the "
+           f"teacher's {sampler}-{TEACHER_STEPS[comparison['bundle']]} |", "|---" * 8 + "|"]
+    for key, r in rows.items():
+        f, name = r["fidelity"], r["generator"]
+        dice = " / ".join(f"{_dice(r, k):.3f}" for k in ("lv", "myo", "rv")) if "segmenter" in r else "not trained"
+        error = errors.get(name, {}).get(str(r["steps"]))
+        out.append(f"| {name} | {r['steps']} | {r['flops_per_slice'] / 1e6:.0f} | "
+                   + " / ".join(f"{f['mask_faithfulness'][k]:.3f}" for k in ("lv", "myo", "rv"))
+                   + f" | {100 * f['fd_seg']:.2f} / {1e4 * f['kid_seg']:.2f} | {dice} | "
+                   + (f"{error['mse']:.4f}" if error else "-") + " | "
+                   + (_worst_drop(_drops(rows[reference], r)) if key != reference else "-") + " |")
+    out += ["", f"The student: {t['couplings']:,} training + {t['validation_couplings']:,} validation couplings "
+            f"({t['teacher_evaluations']:,} teacher evaluations, {t['minutes_before_training']:.0f} minutes), then "
+            f"{t['iteration']:,} steps ({t['minutes_training']:.0f} minutes); wall minutes on a shared 2-core machine.", "",
+            "| generator (privacy_audit, 50 members / 20 non-members, 6 slices each) | strongest attack per slice: AUC | "
+            "highest TPR at 1 % FPR | black-box reconstruction AUC | calibrated, per patient: AUC | privacy aim |",
+            "|---|---|---|---|---|---|"]
+    for name, a in comparison["privacy"].items():
+        out.append(f"| {name} | {a['strongest_slice_auc']:.2f} ({a['strongest_slice_attack']}) | {a['tpr_at_1pct_fpr']:.3f} | "
+                   f"{a['black_box_auc']:.2f} ({a['black_box_attack']}) | {a['strongest_patient_cal_auc']:.2f} | "
+                   f"{'met' if a['met'] else 'not met'} |")
+    return "\n".join(out)
+
+
 def render(result: dict) -> None:
     """docs/fast_sampling.md's results section, the README's stage cell and the speed / quality figure, from the
     benchmark JSON."""
     replace_marked(DOCS / "fast_sampling.md", "results", tables(result))
     if result.get("distillations"):
         replace_marked(DOCS / "fast_sampling.md", "distillations", distillation_tables(result["distillations"]))
+    for bundle, comparison in result.get("image_students", {}).items():
+        replace_marked(DOCS / "fast_sampling.md", f"{bundle}-student", image_student_tables(comparison))
     replace_marked(REPO / "README.md", "fast-stage", stage_line(result), inline=True)
     if result.get("timing") and result.get("settings"):
         figure(result, FIGURE)

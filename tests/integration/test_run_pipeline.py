@@ -33,7 +33,8 @@ def _cli() -> list[str]:
 
 
 def _run(args, **kw):
-    return subprocess.run([*_cli(), "run", *args], capture_output=True, text=True, env=ENV, timeout=1500, **kw)
+    # a hang guard, not a speed test: the smoke run takes about 5 minutes on 2 idle cores, several times that on a busy CI
+    return subprocess.run([*_cli(), "run", *args], capture_output=True, text=True, env=ENV, timeout=3600, **kw)
 
 
 @pytest.fixture(scope="module")
