@@ -38,6 +38,7 @@ from cmrsynth.benchmark import (REPO, load_section, machine, prepared_acdc, repl
                                 train_segmenter, write_benchmark)
 from cmrsynth.bundle_run import run_bundle
 from cmrsynth.masks import mean_pairwise_dice, shape_distances, shape_stats
+from cmrsynth.pipeline.presets import GENERATORS
 
 
 MASKS, DOCS = REPO / "bundles" / "mask_generator", REPO / "docs"
@@ -305,19 +306,21 @@ def distillation_cost(log: Path, teacher_evaluations: int) -> dict:
             "minutes_training": (end - first_step).total_seconds() / 60, "teacher_evaluations": teacher_evaluations}
 
 
-#: how a bundle samples at a few steps: DDIM on the trailing grid (t = 999 first); flow matching's Euler grid is fixed
-FEW_STEP_OVERRIDES = {"ddpm_cmr": {"timestep_spacing": "trailing"}, "ldm_cmr": {"timestep_spacing": "trailing"}, "fm_cmr": {}}
+def few_step_overrides(bundle: str) -> dict:
+    """How the pipeline samples a bundle's few-step student, less its step count (DDIM bundles: the trailing grid)."""
+    return {k: v for k, v in GENERATORS[bundle].student.items() if k != "num_inference_steps"}
 
 
 def distillation_row(name: str, root: Path, steps: int, ctx: dict, masks: Path, segmenter: bool, bundle: str = "ddpm_cmr",
                      mask_key: str = "synthetic", folder: str = "distillations") -> dict:
-    """Images of one generator at ``steps`` steps of its deterministic sampler (DDIM on the trailing grid, fm_cmr Euler)
-    on the masks of a datalist section, scored as the privacy benchmark scores its rows: fidelity by the real-only
-    segmenter, and a segmenter trained on them alone."""
+    """Images of one generator at ``steps`` steps of its deterministic sampler on the masks of a datalist section (a
+    few steps as the pipeline samples students, DDIM on the trailing grid; a bundle's default steps on its default
+    grid), scored as the privacy benchmark scores its rows: fidelity by the real-only segmenter, and a segmenter
+    trained on them alone."""
     out = ctx["work"] / folder / f"{name}_{steps}"
+    grid = {} if steps == TEACHER_STEPS.get(bundle) else few_step_overrides(bundle)
     images = draw_images(root, masks, mask_key, out / "images", ctx["seed"] + 1, ctx["threads"], bundle,
-                         {"ckpt_path": str(root / "models" / "best_ema.pt"), "num_inference_steps": steps,
-                          **FEW_STEP_OVERRIDES[bundle]})
+                         {"ckpt_path": str(root / "models" / "best_ema.pt"), "num_inference_steps": steps, **grid})
     row = {"generator": name, "steps": steps,
            "fidelity": score_fidelity(images, ctx["real"], ctx["scorer"], out / "fidelity", ctx["seed"], ctx["threads"])}
     if segmenter:
@@ -374,15 +377,14 @@ def student_rows(bundle: str) -> tuple[tuple[str, int, bool], ...]:
             ("reflow", 1, True))
 
 
-def compare_image_student(ctx: dict, bundle: str, teacher: Path, student: Path, teacher_audit: Path, parallel: int) -> dict:
+def compare_image_student(ctx: dict, bundle: str, teacher: Path, student: Path, teacher_audit: Path, audit_seed: int,
+                          parallel: int, repeats: tuple[tuple[Path, Path, int], ...] = ()) -> dict:
     """An image bundle's reflow student against its teacher on the image stage alone, drawn on the real validation
     patients' masks (no mask generator needed; neither members nor test patients): fidelity, a segmenter on each row's
     images, distance to the teacher's 50-step sample on the student's validation couplings, FLOPs per slice, what the
-    student cost, and the student audited at 2 steps (as the pipeline samples it) beside its teacher's audit."""
-    import torch
-
-    from benchmark_privacy_audit import privacy_aim_numbers
-    from cmrsynth.bundle_run import trainer_progress
+    student cost, and the student audited as the pipeline samples it (2 steps) at the seed of the teacher's audit.
+    ``repeats``: more (student, its teacher's audit, seed) triples from other training seeds, audited alone."""
+    from benchmark_privacy_audit import Recipe, audit, privacy_aim_numbers
     from cmrsynth.generative import load_generator
 
     roots = {"teacher": teacher, "reflow": student}
@@ -395,26 +397,34 @@ def compare_image_student(ctx: dict, bundle: str, teacher: Path, student: Path, 
     generator = load_generator(REPO / "bundles" / bundle, teacher, checkpoint="best_ema.pt")
     for row in rows:
         row["flops_per_slice"] = generator.flops_per_sample(row["steps"])
-    pairs = student / "pairs" / "teacher_pairs.pt"
-    made = torch.load(pairs, map_location="cpu", weights_only=True)["settings"]
-    items = validation_couplings(pairs, 128)
-    folder = ctx["work"] / "privacy_audit" / student.name
-    if not (folder / "audit.json").is_file():
-        run_bundle(REPO / "bundles" / "privacy_audit", ["audit.yaml"], ctx["work"] / "privacy_audit",
-                   {"generator_bundle": str(REPO / "bundles" / bundle), "generator_root": str(student),
-                    "real_datalist": str(ctx["real"]), "output_dir": str(folder), "slices_per_patient": 6,
-                    "generator_overrides": {"num_inference_steps": 2, **FEW_STEP_OVERRIDES[bundle]}},
-                   log=ctx["work"] / "privacy_audit" / f"{student.name}.log", env={"OMP_NUM_THREADS": str(ctx["threads"])})
-    audits_ = {"teacher": json.loads(teacher_audit.read_text()), "reflow": json.loads((folder / "audit.json").read_text())}
+    items = validation_couplings(student / "pairs" / "teacher_pairs.pt", 128)
+    audits_ = {}
+    for folder, teacher_json, seed in ((student, teacher_audit, audit_seed), *repeats):
+        recipe = Recipe(f"{bundle} reflow student", str(folder.resolve()), bundle=bundle,
+                        generator_overrides=dict(GENERATORS[bundle].student))
+        audits_[f"teacher, seed {seed}"] = json.loads(teacher_json.read_text())
+        audits_[f"reflow, seed {seed}"] = audit(ctx["work"], recipe, f"{folder.name}@{seed}", ctx["data"], None, Path(),
+                                                ctx["threads"], 6, seed=seed)
     return {"bundle": bundle, "teacher": f"{teacher.name}/models/best_ema.pt", "masks": "the 10 validation patients' real masks",
             "rows": {f"{r['generator']}_{r['steps']}": r for r in rows},
             "coupling_errors": {name: {str(steps): e for steps, e in few_step_errors(bundle, root, items).items()}
                                 for name, root in roots.items()},
-            "training": {**trainer_progress(student / "models" / "checkpoint_final.pt"), "couplings": made["num_pairs"],
-                         "validation_couplings": made["validation_pairs"],
-                         **distillation_cost(student.parent / f"{student.name}.log", (made["num_pairs"] + made["validation_pairs"])
-                                             * made["num_inference_steps"])},
+            "training": reflow_record(student), "audit_seed": audit_seed,
             "privacy": {name: privacy_aim_numbers(a) for name, a in audits_.items()}}
+
+
+def reflow_record(student: Path) -> dict:
+    """How a reflow student was made, from its folder and its log ``<folder>.log`` beside it: couplings, teacher
+    evaluations, minutes drawing them and training, steps."""
+    import torch
+
+    from cmrsynth.bundle_run import trainer_progress
+
+    made = torch.load(student / "pairs" / "teacher_pairs.pt", map_location="cpu", weights_only=True)["settings"]
+    return {**trainer_progress(student / "models" / "checkpoint_final.pt"), "couplings": made["num_pairs"],
+            "validation_couplings": made["validation_pairs"],
+            **distillation_cost(student.parent / f"{student.name}.log",
+                                (made["num_pairs"] + made["validation_pairs"]) * made["num_inference_steps"])}
 
 
 def timing(ctx: dict, pairs: int, keys: list[str]) -> dict:
@@ -463,12 +473,18 @@ def main() -> None:
     p.add_argument("--teacher", default=None, help="image_student: the teacher's run folder")
     p.add_argument("--student", default=None, help="image_student: its reflow student's run folder")
     p.add_argument("--teacher-audit", default=None, help="image_student: privacy_audit's audit.json of the teacher")
+    p.add_argument("--repeat", nargs=3, action="append", default=[], metavar=("STUDENT", "TEACHER_AUDIT", "SEED"),
+                   help="image_student: another student (of a teacher trained at another seed) to audit alone")
+    p.add_argument("--audit-seed", type=int, default=0, help="image_student: the seed the teacher's audit ran at (the "
+                   "student's runs at it too)")
     p.add_argument("--pairs", type=int, default=1000)
     p.add_argument("--timing-pairs", type=int, default=512)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--parallel", type=int, default=1, help="settings evaluated at once (--threads each)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
+    if args.stage == "image_student" and not (args.teacher and args.student and args.teacher_audit):
+        p.error("--stage image_student needs --teacher, --student and --teacher-audit")
     if args.stage == "render":
         render(json.loads(JSON.read_text()))
         return
@@ -491,8 +507,13 @@ def main() -> None:
         part["distillations"] = compare_distillations(ctx, Path(args.image_teacher),
                                                       Path(args.seg_work) / "synthetic" / "masks" / "datalist.json", args.parallel)
     elif args.stage == "image_student":
-        part["image_students"] = {args.bundle: compare_image_student(ctx, args.bundle, Path(args.teacher), Path(args.student),
-                                                                     Path(args.teacher_audit), args.parallel)}
+        comparison = compare_image_student(ctx, args.bundle, Path(args.teacher), Path(args.student), Path(args.teacher_audit),
+                                           args.audit_seed, args.parallel,
+                                           tuple((Path(a), Path(b), int(c)) for a, b, c in args.repeat))
+        # one record per bundle: another bundle's run of this stage keeps its own
+        part["image_students"] = {args.bundle: {**comparison, "machine": part.pop("machine_image_student"),
+                                                "finished": time.strftime("%Y-%m-%d %H:%M")}}
+        return render(save(part))
     elif args.stage == "audits":
         part["coupling_errors"] = coupling_errors(ctx)
         part["audits"] = audits(ctx)
@@ -711,6 +732,8 @@ def stage_line(result: dict) -> str:
 
 def image_student_tables(comparison: dict) -> str:
     """Markdown: an image bundle's teacher and reflow student on the image stage, their cost and their audits."""
+    from benchmark_privacy_audit import aim_cells
+
     rows, errors, t = comparison["rows"], comparison["coupling_errors"], comparison["training"]
     sampler = "Euler" if comparison["bundle"] == "fm_cmr" else "DDIM"
     reference = f"teacher_{TEACHER_STEPS[comparison['bundle']]}"
@@ -733,9 +756,7 @@ def image_student_tables(comparison: dict) -> str:
             "highest TPR at 1 % FPR | black-box reconstruction AUC | calibrated, per patient: AUC | privacy aim |",
             "|---|---|---|---|---|---|"]
     for name, a in comparison["privacy"].items():
-        out.append(f"| {name} | {a['strongest_slice_auc']:.2f} ({a['strongest_slice_attack']}) | {a['tpr_at_1pct_fpr']:.3f} | "
-                   f"{a['black_box_auc']:.2f} ({a['black_box_attack']}) | {a['strongest_patient_cal_auc']:.2f} | "
-                   f"{'met' if a['met'] else 'not met'} |")
+        out.append(f"| {name} | {aim_cells(a)} |")
     return "\n".join(out)
 
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cmrsynth.benchmark import (REPO, SEG_UTILITY, dice_cells, draw_images, machine, parser, prepared_acdc, replace_marked,
@@ -57,6 +57,7 @@ class Recipe:
     pipeline_stages: tuple[str, ...] = ()  # trained by the ACDC cpu64 pipeline: the stages whose records time it
     synthetic: str | None = None  # a mask generator's own masks (relative to the work folder), audited for near copies
     audited: bool = True  # False: a utility reference only (its images and segmenter, no privacy audit)
+    generator_overrides: dict = field(default_factory=dict)  # how it samples when not its bundle's default (a student)
 
 
 RECIPES = {
@@ -155,6 +156,8 @@ def audit(work: Path, recipe: Recipe, name: str, data: Path, synthetic: Path | N
         overrides = {"generator_bundle": str(REPO / "bundles" / recipe.bundle), "generator_root": str(work / recipe.root),
                      "generator_checkpoint": recipe.checkpoint, "real_datalist": str(data / recipe.members),
                      "output_dir": str(out), "slices_per_patient": slices_per_patient, "seed": seed}
+        if recipe.generator_overrides:
+            overrides["generator_overrides"] = recipe.generator_overrides
         if synthetic is not None:
             overrides["synthetic_datalist"] = str(synthetic)
             if recipe.bundle != "mask_generator":
@@ -319,6 +322,14 @@ def privacy_aim_numbers(audit: dict) -> dict:
     return {"strongest_slice_attack": name, "strongest_slice_auc": best["auc"]["value"], "tpr_at_1pct_fpr": tpr,
             "black_box_attack": rec_name, "black_box_auc": rec["auc"]["value"], "met": met, "strict_tpr": strict,
             "strongest_patient_cal_auc": strongest_of_kind(audit["membership"], True)[1]["auc"]["value"]}
+
+
+def aim_cells(n: dict) -> str:
+    """``privacy_aim_numbers`` as table cells: strongest slice-level attack, TPR at 1 % FPR, black-box AUC, calibrated
+    per-patient AUC, verdict."""
+    return (f"{n['strongest_slice_auc']:.2f} ({n['strongest_slice_attack']}) | {n['tpr_at_1pct_fpr']:.3f} | "
+            f"{n['black_box_auc']:.2f} ({n['black_box_attack']}) | {n['strongest_patient_cal_auc']:.2f} | "
+            f"{'met' if n['met'] else 'not met'}")
 
 
 def privacy_aim(row: dict) -> str:

@@ -26,7 +26,7 @@ import statistics
 import time
 from pathlib import Path
 
-from benchmark_privacy_audit import BUNDLE, RECIPES, audit, privacy_aim_numbers
+from benchmark_privacy_audit import BUNDLE, RECIPES, aim_cells, audit, privacy_aim_numbers
 from cmrsynth.benchmark import REPO, machine, parser, prepared_acdc, replace_marked, training_facts, write_benchmark
 from cmrsynth.bundle_run import run_bundle
 from cmrsynth.zoo import install
@@ -51,12 +51,12 @@ def train_public_start(work: Path, data: Path, bundle: str, seed: int, threads: 
     return root
 
 
-def seed_rows(result: dict, bundle: str) -> list[dict]:
-    """(seed, aim numbers) for one bundle: seed 0 from the benchmark's row, then this screening's seeds."""
-    benchmark = json.loads((BUNDLE / "docs" / "benchmark.json").read_text())["recipes"]
-    rows = [{"seed": 0, "source": f"benchmark.json: {SEED0_ROWS[bundle]}", **privacy_aim_numbers(benchmark[SEED0_ROWS[bundle]]["audit"])}]
-    return rows + [{"seed": s, "source": "this screening", **result["rows"][f"{bundle}@{s}"]["aim"]}
-                   for s in SEEDS if f"{bundle}@{s}" in result["rows"]]
+def seed_rows(result: dict, benchmark: dict, bundle: str) -> list[dict]:
+    """(seed, aim numbers) for one bundle: seed 0 from the benchmark's row (``benchmark``: its recipes), then this
+    screening's seeds, all read from their audits now."""
+    audits = [(0, benchmark[SEED0_ROWS[bundle]]["audit"])]
+    audits += [(s, result["rows"][f"{bundle}@{s}"]["audit"]) for s in SEEDS if f"{bundle}@{s}" in result["rows"]]
+    return [{"seed": s, **privacy_aim_numbers(a)} for s, a in audits]
 
 
 def spread(values: list[float]) -> str:
@@ -65,18 +65,17 @@ def spread(values: list[float]) -> str:
     return f"{statistics.mean(values):.3f} ± {sd:.3f}"
 
 
-def table(result: dict) -> str:
-    """One line per (bundle, seed), then each bundle's mean ± sd over its seeds."""
+def table(result: dict, benchmark: dict) -> str:
+    """One line per (bundle, seed), then each bundle's mean ± sd over its seeds (``benchmark``: the privacy
+    benchmark's recipes, whose rows are seed 0)."""
     cols = ("strongest_slice_auc", "tpr_at_1pct_fpr", "black_box_auc", "strongest_patient_cal_auc")
     lines = ["| recipe | seed | strongest attack per slice: AUC (attack) | highest TPR at 1 % FPR, per slice | "
              "black-box reconstruction AUC | calibrated, per patient: AUC | privacy aim |", "|---" * 7 + "|"]
     for bundle in SEED0_ROWS:
-        rows = seed_rows(result, bundle)
+        rows = seed_rows(result, benchmark, bundle)
         label = RECIPES[SEED0_ROWS[bundle]].label.split(" (")[0]
         for r in rows:
-            lines.append(f"| {label} | {r['seed']} | {r['strongest_slice_auc']:.2f} ({r['strongest_slice_attack']}) | "
-                         f"{r['tpr_at_1pct_fpr']:.3f} | {r['black_box_auc']:.2f} ({r['black_box_attack']}) | "
-                         f"{r['strongest_patient_cal_auc']:.2f} | {'met' if r['met'] else 'not met'} |")
+            lines.append(f"| {label} | {r['seed']} | {aim_cells(r)} |")
         means = " | ".join(spread([r[c] for r in rows]) for c in cols)
         lines.append(f"| {label} | mean ± sd over {len(rows)} | {means} | met on {sum(r['met'] for r in rows)} of {len(rows)} |")
     return "\n".join(lines)
@@ -87,6 +86,8 @@ def main() -> None:
     p.add_argument("--bundles", default=",".join(SEED0_ROWS), help="which recipes this queue trains and audits")
     p.add_argument("--slices-per-patient", type=int, default=6)
     args = p.parse_args()
+    if args.stage == "render":
+        return render()
     work = Path(args.work)
     data = prepared_acdc(work / "acdc64", 64)
     for bundle in args.bundles.split(","):
@@ -97,7 +98,6 @@ def main() -> None:
             key = f"{bundle}@{seed}"
             row = {"root": root.name, "training": training_facts(root), "threads": args.threads,
                    "audit": audit(work, recipe, key, data, None, Path(), args.threads, args.slices_per_patient, seed=seed)}
-            row["aim"] = privacy_aim_numbers(row["audit"])
             # another queue may have written its rows meanwhile: read, add this row, write
             result = json.loads(RESULT.read_text()) if RESULT.is_file() else {"rows": {}}
             result.update({"benchmark": "privacy aim over training seeds (screening)", "machine": machine(),
@@ -107,8 +107,13 @@ def main() -> None:
             result["rows"][key] = row
             write_benchmark(RESULT, result)
             print(f"{key}: done {time.strftime('%H:%M')}", flush=True)
-    result = json.loads(RESULT.read_text())
-    replace_marked(BUNDLE / "docs" / "README.md", "seed-screening", table(result))
+    render()
+
+
+def render() -> None:
+    """The privacy_audit docs' seed table, from the screening's JSON and the benchmark's."""
+    benchmark = json.loads((BUNDLE / "docs" / "benchmark.json").read_text())["recipes"]
+    replace_marked(BUNDLE / "docs" / "README.md", "seed-screening", table(json.loads(RESULT.read_text()), benchmark))
 
 
 if __name__ == "__main__":

@@ -24,7 +24,8 @@ from cmrsynth.pipeline.card import comparison_rows, summary_lines, write_report
 from cmrsynth.pipeline.run import usability
 from tests import browser
 
-# facts written by a real smoke-preset pipeline run (4 training steps: every generator below the fidelity floor), from
+# facts written by a real run of the smoke preset as it was before 2026-12-08 (4 training steps from scratch: every
+# generator below the fidelity floor; the preset now starts from the shipped phantom weights), from
 # before the pipeline had its sanity row (added by hand as a copy of ddpm_cmr's fidelity: 4 steps is nearly untrained)
 SMOKE = json.loads((Path(__file__).parent / "data" / "smoke_facts.json").read_text())
 

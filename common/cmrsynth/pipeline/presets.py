@@ -91,7 +91,7 @@ class Preset:
     epoch_length: int = 200
     from_zoo: bool = False  # start each generator from the shipped phantom-trained weights
     per_class: int = 6  # masks per (group, phase, position) class
-    keep_implausible: bool = False  # keep masks that fail the anatomy checks (smoke: an untrained mask generator)
+    keep_implausible: bool = False  # keep masks that fail the anatomy checks (smoke: a mask generator barely trained)
     segmenter_steps: int = 1000
     segmenter_overrides: dict = field(default_factory=dict)
     few_real: tuple[int, ...] = (5,)  # few-real curve: k real training patients, alone and with each generator's data
@@ -107,8 +107,8 @@ PRESETS: dict[str, Preset] = {
     "demo": Preset("demo", 64, {"mask": 2, "image": 2, "public_image": 2, "autoencoder": 0, "latent": 2}, epoch_length=50,
                    from_zoo=True, per_class=2, segmenter_steps=100, few_real=(), audit_slices_per_patient=4,
                    segmenter_overrides={"batch_size": 16}, sampling="teacher", mixed=False),
-    # the plumbing in a few minutes (tests): numbers from it mean nothing. It takes the demo's paths (the shipped phantom
-    # weights, ldm_cmr's autoencoder as shipped), so the tests run what the quick start runs; cpu64 trains the autoencoder
+    # the plumbing in a few minutes (tests): numbers from it mean nothing. It takes the demo's training paths (the shipped
+    # phantom weights, ldm_cmr's autoencoder as shipped; cpu64 trains it) and, unlike the demo, distils students
     "smoke": Preset("smoke", 32, {"mask": 1, "image": 1, "public_image": 1, "autoencoder": 0, "latent": 1}, epoch_length=4,
                     from_zoo=True, per_class=1, segmenter_steps=50, few_real=(), audit_slices_per_patient=2, phantom_per_group=1,
                     keep_implausible=True, distill=Distillation(num_pairs=16, validation_pairs=4, pair_steps=2, epochs=1)),
