@@ -33,7 +33,7 @@ def _cli() -> list[str]:
 
 
 def _run(args, **kw):
-    # a hang guard, not a speed test: the smoke run takes about 5 minutes on 2 idle cores, several times that on a busy CI
+    # a hang guard, not a speed test: a busy CI machine runs the smoke pipeline several times slower than an idle one
     return subprocess.run([*_cli(), "run", *args], capture_output=True, text=True, env=ENV, timeout=3600, **kw)
 
 
