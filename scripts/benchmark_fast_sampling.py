@@ -205,25 +205,17 @@ def audits(ctx: dict) -> dict:
     (privacy_audit's benchmark: 6 slices per patient); the reconstruction attack samples as the student is used, one
     step. The fm_cmr teacher's row is the ACDC cpu64 pipeline's audit of it, used only when that audit attacked this
     teacher (a pipeline run with fast sampling audits its student instead)."""
+    from benchmark_privacy_audit import Recipe, audit
+
     work, data = ctx["work"], ctx["data"]
     out = {}
     for name, bundle, synthetic in (("ddpm_cmr_student", "ddpm_cmr", work / "chains" / "student_1" / "datalist.json"),
                                     ("fm_cmr_student", "fm_cmr", work / "chains" / "fm_student_1" / "datalist.json"),
                                     ("mask_generator_student", "mask_generator", None)):
-        folder = work / "privacy_audit" / name
         if not (work / name / "models" / "best_ema.pt").is_file() or (synthetic is not None and not synthetic.is_file()):
             continue
-        if not (folder / "audit.json").is_file():
-            overrides = {"generator_bundle": str(REPO / "bundles" / bundle), "generator_root": str(work / name),
-                         "real_datalist": str(data / "datalist.json"), "output_dir": str(folder), "slices_per_patient": 6,
-                         "generator_overrides": {"num_inference_steps": 1}}
-            if synthetic is not None:
-                overrides.update(synthetic_datalist=str(synthetic), feature_encoder_root=str(ctx["scorer"]),
-                                 feature_encoder_bundle=str(REPO / "bundles" / "seg_utility"))
-            run_bundle(REPO / "bundles" / "privacy_audit", ["audit.yaml"], work / "privacy_audit", overrides,
-                       log=work / "privacy_audit" / f"{name}.log", env={"OMP_NUM_THREADS": str(ctx["threads"])})
-        out[name] = json.loads((folder / "audit.json").read_text())
-        out[name].get("leakage", {}).pop("synthetic_to_train", None)
+        recipe = Recipe(name, name, bundle=bundle, generator_overrides={"num_inference_steps": 1})
+        out[name] = audit(work, recipe, name, data, synthetic, ctx["scorer"], ctx["threads"], 6)
     teachers = REPO / "bundles" / "privacy_audit" / "docs" / "benchmark.json"
     if teachers.is_file():
         rows = json.loads(teachers.read_text()).get("recipes", {})

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import statistics
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from benchmark_privacy_audit import BUNDLE, RECIPES, aim_cells, audit, privacy_aim_numbers
@@ -93,8 +94,7 @@ def main() -> None:
     for bundle in args.bundles.split(","):
         for seed in SEEDS:
             root = train_public_start(work, data, bundle, seed, args.threads)
-            recipe = RECIPES[SEED0_ROWS[bundle]]
-            recipe = type(recipe)(recipe.label, root.name, bundle=bundle)
+            recipe = replace(RECIPES[SEED0_ROWS[bundle]], root=root.name)
             key = f"{bundle}@{seed}"
             row = {"root": root.name, "training": training_facts(root), "threads": args.threads,
                    "audit": audit(work, recipe, key, data, None, Path(), args.threads, args.slices_per_patient, seed=seed)}

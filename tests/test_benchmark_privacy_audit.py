@@ -12,6 +12,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from tests.scripts_helpers import audit, script
@@ -41,3 +44,26 @@ def test_seed_table_gives_each_seed_and_the_spread():
     assert len(ddpm) == 2 and "mean ± sd over 1 | 0.570 ± nan" in ddpm[1]  # seed 0 alone: no spread
     assert len(fm) == 4 and "| 0 | 0.62 (loss_t50_cal) |" in fm[0] and fm[0].endswith("| not met |")
     assert "mean ± sd over 3 | 0.600 ± 0.020 |" in fm[3] and fm[3].endswith("met on 2 of 3 |")
+
+
+def test_an_audit_passes_the_recipes_sampling_and_seed_and_is_run_once(tmp_path, monkeypatch):
+    bench = script("benchmark_privacy_audit")
+    calls = []
+
+    def fake_run(bundle, configs, root, overrides, **kw):
+        calls.append(overrides)
+        Path(overrides["output_dir"]).mkdir(parents=True)
+        Path(overrides["output_dir"], "audit.json").write_text(json.dumps({"leakage": {"synthetic_to_train": [1]}}))
+
+    monkeypatch.setattr(bench, "run_bundle", fake_run)
+    student = bench.Recipe("a student", "fm_cmr_student", bundle="fm_cmr", generator_overrides={"num_inference_steps": 2})
+    result = bench.audit(tmp_path, student, "fm_cmr_student@1", tmp_path / "data", tmp_path / "syn.json", tmp_path / "enc", 1, 6,
+                         seed=1)
+    assert result == {"leakage": {}}  # the per-sample list stays behind
+    assert calls[0]["seed"] == 1 and calls[0]["generator_overrides"] == {"num_inference_steps": 2}
+    assert calls[0]["generator_root"] == str(tmp_path / "fm_cmr_student") and calls[0]["feature_encoder_root"] == str(tmp_path / "enc")
+    teacher = bench.Recipe("a teacher", "fm_cmr_pre6", bundle="fm_cmr")
+    bench.audit(tmp_path, teacher, "fm_cmr@1", tmp_path / "data", None, Path(), 1, 6, seed=1)
+    assert "generator_overrides" not in calls[1] and "synthetic_datalist" not in calls[1]  # its bundle's own sampler
+    bench.audit(tmp_path, student, "fm_cmr_student@1", tmp_path / "data", None, Path(), 1, 6, seed=1)
+    assert len(calls) == 2  # an audit already written is read, not rerun

@@ -12,18 +12,11 @@
 
 from __future__ import annotations
 
-import functools
-import importlib.util
-
-from tests.conftest import REPO
+from tests.scripts_helpers import script
 
 
-@functools.cache  # load the script once for all tests
 def _script():
-    spec = importlib.util.spec_from_file_location("benchmark_seg_utility", REPO / "scripts" / "benchmark_seg_utility.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return script("benchmark_seg_utility")
 
 
 def _run(seed: int, dice: float) -> dict:
